@@ -1,0 +1,5 @@
+"""`python -m oodbench` runs the CLI."""
+
+from oodbench.cli import main
+
+main()

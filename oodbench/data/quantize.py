@@ -1,0 +1,64 @@
+"""Quantisation and dequantisation of 8-bit images, in one place, as pure functions.
+
+Continuous models of discrete pixels are fed y = (x + u) / 256 with u ~ U[0,1)^D; then
+log p_discrete(x) >= E_u[log p_cont(y)] - D ln 256 (PAPER.md, "Units"). A model uniform on [0,1)^D
+therefore scores exactly 8.0 bits/dim.
+
+For evaluation the noise u must not depend on batch size, device or the number of processes, so
+`index_noise` derives it from a counter-based hash of (seed, sample index, pixel position): the same
+sample always gets the same noise, computed on whatever device the batch lives on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+N_BITS = 8
+N_LEVELS = 2**N_BITS
+LOG_N_LEVELS = math.log(N_LEVELS)  # nats per dimension lost by mapping [0,256) onto [0,1)
+
+_MASK32 = 0xFFFFFFFF
+# Multipliers below 2**31 so that a 32-bit value times one of them fits in int64 without overflow.
+_M1, _M2, _M3 = 0x7FEB352D, 0x2C1B3C6D, 0x297A2D39
+
+
+def _hash32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (xorshift-multiply rounds) on int64 tensors holding 32-bit values."""
+    h = h & _MASK32
+    h = ((h ^ (h >> 16)) * _M1) & _MASK32
+    h = ((h ^ (h >> 15)) * _M2) & _MASK32
+    h = ((h ^ (h >> 15)) * _M3) & _MASK32
+    return h ^ (h >> 16)
+
+
+def index_noise(index: torch.Tensor, shape: tuple[int, ...], seed: int, device=None) -> torch.Tensor:
+    """Uniform noise in [0, 1) of shape (B, *shape) that depends only on (seed, index[b], position).
+
+    `index` holds each sample's position in its dataset split (int64, shape [B]).
+    """
+    device = index.device if device is None else device
+    n = math.prod(shape)
+    pos = torch.arange(n, device=device, dtype=torch.int64)
+    key = _hash32(index.to(device=device, dtype=torch.int64) * 0x9E3779B1 + _hash32(torch.tensor(seed, device=device)))
+    h = _hash32(key[:, None] * 0x01000193 + pos[None, :] + 0x5BD1E995)
+    h = _hash32(h ^ key[:, None])
+    # Top 24 bits -> an exactly representable float32 in [0, 1).
+    return ((h >> 8).to(torch.float32) * (1.0 / 2**24)).view(-1, *shape)
+
+
+def dequantize(x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Map uint8 pixels x (B, C, H, W) to y = (x + u) / 256 in [0, 1).
+
+    `noise` defaults to fresh uniform noise (training); pass `index_noise(...)` for evaluation.
+    """
+    x = x.to(torch.float32)
+    if noise is None:
+        noise = torch.rand_like(x)
+    return (x + noise) * (1.0 / N_LEVELS)
+
+
+def discretization_nats(n_dims: int) -> float:
+    """The -D ln 256 term that turns a density on [0,1)^D into a probability of 8-bit pixels."""
+    return -n_dims * LOG_N_LEVELS

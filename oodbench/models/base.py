@@ -1,0 +1,55 @@
+"""The one contract every likelihood model honours.
+
+`log_prob_parts(x, noise)` takes uint8 images (B, C, H, W) and returns a dict of per-sample tensors [B]
+in nats: always `log_px`, the log-probability of the 8-bit image (discretization term included), and
+the named parts the family has (for flows: `log_pz`, the prior term of all levels, and `logdet`, the
+total log-determinant, so that log_px = log_pz + logdet + discretization).
+
+Continuous models (flows) subclass `DequantizedFlow`: they model y = (x + u)/256 on [0,1)^D and the
+base class adds the -D ln 256 discretization term (PAPER.md, "Units"). Models with a discrete
+likelihood subclass `LikelihoodModel` directly and ignore `noise`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import nn
+
+from oodbench.data.quantize import dequantize, discretization_nats
+
+
+class LikelihoodModel(nn.Module, abc.ABC):
+    """A density over 8-bit images. Subclasses set `part_names` to the extra parts they report."""
+
+    part_names: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample `log_px` (nats, 8-bit scale) plus the parts named in `part_names`."""
+
+    def log_prob(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.log_prob_parts(x, noise)["log_px"]
+
+
+class DequantizedFlow(LikelihoodModel):
+    """A normalizing flow on dequantized pixels y in [0,1)^D.
+
+    Subclasses implement `flow_log_density(y) -> (log_pz, logdet)`, each [B] in nats, where log_pz is
+    the prior's log-density of f(y) and logdet = log|det df/dy| (including any fixed preprocessing).
+    """
+
+    part_names = ("log_pz", "logdet")
+
+    @abc.abstractmethod
+    def flow_log_density(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log_pz, logdet) per sample for y in [0,1)^D."""
+
+    def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        y = dequantize(x, noise)
+        log_pz, logdet = self.flow_log_density(y)
+        n_dims = math.prod(x.shape[1:])
+        log_px = log_pz + logdet + discretization_nats(n_dims)
+        return {"log_px": log_px, "log_pz": log_pz, "logdet": logdet}
