@@ -25,6 +25,8 @@ class LikelihoodModel(nn.Module, abc.ABC):
     """A density over 8-bit images. Subclasses set `part_names` to the extra parts they report."""
 
     part_names: tuple[str, ...] = ()
+    # How log_px relates to the probability of the 8-bit image; reported beside every result.
+    discretization: str = "exact discrete likelihood"
 
     @abc.abstractmethod
     def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -42,6 +44,7 @@ class DequantizedFlow(LikelihoodModel):
     """
 
     part_names = ("log_pz", "logdet")
+    discretization = "uniform dequantization y=(x+u)/256, one index-seeded draw per sample, minus D ln 256"
 
     @abc.abstractmethod
     def flow_log_density(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,271 @@
+"""The `oodbench` command line: thin Typer commands that resolve one configuration, call one runner
+function and render the result with rich.
+
+Priority of settings: command-line flag > the `--profile` in benchmarks.yaml > built-in defaults.
+Exit codes: 0 success; 2 bad input (unknown name, malformed pair, missing data, missing or corrupt
+checkpoint, bad option value), printed as one line without a traceback; 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from oodbench.config import DEFAULT_BENCHMARKS, Profile, load_profile, resolve
+from oodbench.errors import OodbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Do deep generative models know what they don't know? Likelihood-based OOD benchmark.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect the datasets oodbench knows.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+# ---- shared options, declared once --------------------------------------------------------------
+ConfigOpt = Annotated[Path, typer.Option("--config", help="benchmarks.yaml holding the profiles.")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Named profile in benchmarks.yaml.")]
+DataRootOpt = Annotated[Optional[str], typer.Option(
+    "--data-root", help="Dataset folder (torchvision layout or <root>/<name>/<split>.npz); 'demo' = embedded "
+    "subset. Default: $OODBENCH_DATA, else ~/.cache/oodbench.")]
+DownloadOpt = Annotated[bool, typer.Option("--download/--no-download", help="Let torchvision download missing data.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Training seed.")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.")]
+AcceleratorOpt = Annotated[Optional[str], typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu...")]
+DevicesOpt = Annotated[Optional[str], typer.Option("--devices", help="Lightning devices: auto, 1, 2, '0,1'...")]
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="Lightning precision: 32-true, bf16-mixed...")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures become one line and their exit code; unexpected ones exit 1 without a traceback
+    (set OODBENCH_DEBUG=1 to see it)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OodbenchError as exc:
+            _fail(str(exc), exc.exit_code)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("OODBENCH_DEBUG"):
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            _fail(f"unexpected {type(exc).__name__}: {first_line} (rerun with OODBENCH_DEBUG=1 for the traceback)", 1)
+
+    return wrapper
+
+
+def _profile(name: str | None, config: Path) -> Profile:
+    return load_profile(name, config if name is not None else None)
+
+
+def _model_settings(profile: Profile, model: str, overrides: list[str]) -> dict[str, Any]:
+    import yaml
+
+    settings = dict(profile.models.get(model, {}))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OodbenchError(f"bad --set {item!r}: expected KEY=VALUE, e.g. --set hidden_channels=128")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
+def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("model", "pair", "seed", "BPD in-train", "BPD in-test", "BPD OOD", "AUROC", "FPR@80", "OOD lower BPD?"):
+        table.add_column(column, justify="right" if column.startswith(("BPD", "AUROC", "FPR", "seed")) else "left")
+    for row in rows:
+        lower = row["bpd_out_test_mean"] < row["bpd_in_test_mean"]
+        table.add_row(row["model"], row["pair"], str(row["seed"]), f"{row['bpd_in_train_mean']:.3f}",
+                      f"{row['bpd_in_test_mean']:.3f}", f"{row['bpd_out_test_mean']:.3f}", f"{row['auroc']:.3f}",
+                      f"{row['fpr_at_80_tpr']:.3f}", "[red]yes[/]" if lower else "[green]no[/]")
+    return table
+
+
+# ---- commands --------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def train(
+    model: Annotated[str, typer.Option("--model", help="Model family: glow, cv-glow.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Training dataset, e.g. fashionmnist, cifar10.")],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = DEFAULT_BENCHMARKS,
+    seed: SeedOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after this much time.")] = None,
+    batch_size: BatchOpt = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
+    limit_train: Annotated[Optional[int], typer.Option("--limit-train", help="Train on the first N images.")] = None,
+    model_set: Annotated[list[str], typer.Option("--set", help="Model setting KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder (default runs/<model>-<dataset>-seed<seed>).")] = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Lightning nodes.")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy: auto, ddp...")] = None,
+    precision: PrecisionOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run in --run-dir first.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a likelihood model on one dataset."""
+    from oodbench.runner import TrainRequest, train as run_training
+    from oodbench.runner.layout import run_name
+
+    chosen = _profile(profile, config)
+    train_cfg = resolve(chosen.train, dict(
+        seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision))
+    if max_minutes is not None and epochs is None:
+        # A time budget alone replaces the profile's epoch count rather than racing it.
+        train_cfg = dataclasses.replace(train_cfg, epochs=None)
+    request = TrainRequest(
+        model=model, dataset=dataset, train=train_cfg,
+        model_settings=_model_settings(chosen, model, model_set),
+        run_dir=run_dir or runs_dir / run_name(model, dataset, train_cfg.seed),
+        data_root=data_root if data_root is not None else chosen.data_root,
+        download=download, resume=resume, overwrite=overwrite, quiet=quiet,
+    )
+    result = run_training(request)
+    val = f", best validation {result.val_bpd:.3f} bits/dim" if result.val_bpd is not None else ""
+    console.print(f"trained {model} on {dataset}: {result.epochs} epochs, {result.steps} steps in "
+                  f"{result.seconds:.0f}s{val}; run folder {result.paths.root}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    pair: Annotated[str, typer.Option("--pair", help="IN:OUT, e.g. cifar10:svhn, fashionmnist:mnist.")],
+    run: Annotated[Optional[Path], typer.Option("--run", help="Run folder to evaluate.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Evaluate runs-dir/<model>-<IN>-seed<seed>.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the run (with --model).")] = 0,
+    runs_dir: RunsDirOpt = Path("runs"),
+    profile: ProfileOpt = None,
+    config: ConfigOpt = DEFAULT_BENCHMARKS,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    batch_size: BatchOpt = None,
+    train_sample: Annotated[Optional[int], typer.Option("--train-sample", help="Training images to score.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N test images per set.")] = None,
+    match_channels: Annotated[Optional[bool], typer.Option("--match-channels/--no-match-channels",
+                                                           help="Convert the OOD set to the model's channels.")] = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    precision: PrecisionOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a trained model on IN train/test and OUT test; write per-sample scores and metrics."""
+    from oodbench.data import parse_pair
+    from oodbench.runner import EvalRequest, RunPaths, evaluate as run_evaluation, find_run
+
+    parsed = parse_pair(pair)
+    if (run is None) == (model is None):
+        raise OodbenchError("pass exactly one of --run DIR or --model NAME")
+    paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
+    chosen = _profile(profile, config)
+    eval_cfg = resolve(chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
+                                         match_channels=match_channels, accelerator=accelerator, devices=devices,
+                                         precision=precision))
+    result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
+                                        download=download, checkpoint=checkpoint, quiet=quiet))
+    console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
+    console.print(f"wrote {result.folder}/scores.csv and metrics.json")
+
+
+@app.command()
+@user_errors
+def report(
+    runs: Annotated[list[Path], typer.Option("--runs", help="Run folders' parent (repeatable, to merge shards).")] = [Path("runs")],  # noqa: B006
+    out: Annotated[Path, typer.Option("--out", help="Where results.csv, results.md and figures go.")] = Path("results"),
+) -> None:
+    """Merge every evaluation into results.csv, results.md and bits/dim histograms."""
+    from oodbench.report import write_report
+
+    table = write_report(list(runs), out)
+    console.print(_metrics_table(table.to_dict("records"), title="oodbench report"))
+    console.print(f"wrote {out}/results.csv, {out}/results.md and {len(table)} histogram(s)")
+
+
+@app.command()
+@user_errors
+def demo(
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the demo's runs go.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("results"),
+    config: ConfigOpt = DEFAULT_BENCHMARKS,
+    quiet: QuietOpt = False,
+) -> None:
+    """The main job, offline: train on the embedded Fashion-MNIST subset, score it against MNIST, report."""
+    from oodbench.data import parse_pair
+    from oodbench.report import write_report
+    from oodbench.runner import EvalRequest, TrainRequest, evaluate as run_evaluation, train as run_training
+    from oodbench.runner.layout import RunPaths, run_name
+
+    chosen = load_profile("demo", config)
+    for model, settings in chosen.models.items():
+        for seed in chosen.seeds:
+            for pair in chosen.pairs:
+                dataset = str(parse_pair(pair).in_ref)
+                paths = RunPaths(runs_dir / run_name(model, dataset, seed))
+                if not paths.last.is_file():
+                    console.print(f"[bold]training {model} on {dataset} (seed {seed})[/]")
+                    run_training(TrainRequest(model=model, dataset=dataset, run_dir=paths.root, model_settings=settings,
+                                              train=resolve(chosen.train, {"seed": seed}), data_root=chosen.data_root,
+                                              overwrite=True, quiet=quiet))
+                run_evaluation(EvalRequest(run=paths, pair=pair, eval=chosen.eval, data_root=chosen.data_root,
+                                           quiet=quiet))
+    table = write_report([runs_dir], out)
+    console.print(_metrics_table(table.to_dict("records"), title="oodbench demo: likelihood as an OOD score"))
+    console.print(f"wrote {out}/results.csv, {out}/results.md and the bits/dim histograms")
+
+
+@data_app.command("list")
+@user_errors
+def data_list(data_root: DataRootOpt = None) -> None:
+    """Each dataset, its image shape, its splits and whether they are available locally."""
+    from oodbench.data import dataset_availability, list_datasets
+
+    table = Table(title="oodbench datasets")
+    for column in ("name", "shape (C,H,W)", "splits", "available here", "licence"):
+        table.add_column(column)
+    for spec in list_datasets():
+        found = dataset_availability(spec.name, data_root)
+        status = ", ".join(f"[green]{s}[/]" if where else f"[dim]{s}: missing[/]" for s, where in found.items())
+        table.add_row(spec.name, "x".join(map(str, spec.shape)), ", ".join(spec.splits), status, spec.licence)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app and turns click's usage errors into one line with exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="oodbench", standalone_mode=False)
+    except click.ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `oodbench --help`)", highlight=False,
+                          soft_wrap=True)
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("[bold red]aborted[/]")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

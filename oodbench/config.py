@@ -1,0 +1,184 @@
+"""Typed, frozen configuration and the one place where `benchmarks.yaml` is parsed.
+
+Priority, lowest to highest: the dataclass defaults below < a named profile in benchmarks.yaml <
+flags given on the command line (`resolve`). The resolved configuration is written beside every
+run (`config.yaml`) and every result.
+
+A profile in benchmarks.yaml looks like:
+
+    profiles:
+      demo:
+        data_root: demo            # "demo" = the subset embedded in the package
+        train: {epochs: 2, batch_size: 64}
+        eval: {batch_size: 500}
+        models:
+          glow: {levels: 3, steps: 4, hidden_channels: 64}
+        pairs: [fashionmnist:mnist]
+        seeds: [0]
+
+An unknown key or a value of the wrong type is an `OodbenchError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from oodbench.errors import OodbenchError
+
+DEFAULT_BENCHMARKS = Path("benchmarks.yaml")
+# The repository's benchmarks.yaml ships inside the package too, so `oodbench demo` works anywhere.
+PACKAGED_BENCHMARKS = Path(__file__).with_name("benchmarks.yaml")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (optimisation and hardware), independent of its architecture."""
+
+    epochs: int | None = 10
+    max_minutes: float | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" or "adamax" (Glow's paper used both)
+    warmup_steps: int = 200
+    grad_clip_norm: float = 50.0
+    limit_train: int | None = None  # use only the first N training images (CPU-scale runs)
+    val_size: int = 500  # held out from the *end* of the training split, for the "best" checkpoint
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained model is scored."""
+
+    batch_size: int = 256
+    train_sample: int = 2000  # how many training images to score as the "in-train" set
+    limit: int | None = None  # score only the first N images of each test set
+    noise_seed: int = 0  # seeds the per-sample dequantization noise (see data/quantize.py)
+    match_channels: bool = False  # convert the OOD set to the model's channel count
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str = "32-true"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of defaults from benchmarks.yaml."""
+
+    name: str
+    description: str = ""
+    data_root: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pairs: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+
+
+C = TypeVar("C")
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether `value` fits a simple annotation (int, float, str, bool, X | None)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {}, {})  # annotations are strings under `from __future__`
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    return True
+
+
+def from_mapping(cls: type[C], values: dict[str, Any] | None, *, where: str, base: C | None = None) -> C:
+    """Build (or update `base` of) the frozen dataclass `cls` from a mapping, checking keys and types."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            raise OodbenchError(f"unknown key {key!r} in {where}; valid keys: {valid}")
+        if not _accepts(fields[key].type, value):
+            raise OodbenchError(f"bad value {value!r} for {key!r} in {where}: expected {fields[key].type}")
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+def resolve(base: C, cli_overrides: dict[str, Any]) -> C:
+    """Apply command-line flags (those not None) on top of a profile's or the default configuration."""
+    given = {key: value for key, value in cli_overrides.items() if value is not None}
+    return dataclasses.replace(base, **given) if given else base
+
+
+_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description"}
+
+
+def load_profile(name: str | None, path: Path | None = None) -> Profile:
+    """The named profile from `path` (default ./benchmarks.yaml, else the packaged copy); None gives
+    the built-in defaults."""
+    if name is None:
+        return Profile(name="default")
+    path = Path(path or DEFAULT_BENCHMARKS)
+    if path == DEFAULT_BENCHMARKS and not path.is_file():
+        path = PACKAGED_BENCHMARKS
+    if not path.is_file():
+        raise OodbenchError(f"config file {path} not found; pass --config PATH to a benchmarks.yaml")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise OodbenchError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    profiles = document.get("profiles") if isinstance(document, dict) else None
+    if not isinstance(profiles, dict):
+        raise OodbenchError(f"{path} has no 'profiles:' mapping; see the benchmarks.yaml in the repository")
+    if name not in profiles:
+        raise OodbenchError(f"unknown profile {name!r} in {path}; valid profiles: {', '.join(sorted(profiles))}")
+    raw = profiles[name] or {}
+    where = f"{path} (profile {name!r})"
+    unknown = set(raw) - _PROFILE_KEYS
+    if unknown:
+        raise OodbenchError(
+            f"unknown key {sorted(unknown)[0]!r} in {where}; valid keys: {', '.join(sorted(_PROFILE_KEYS))}"
+        )
+    models = raw.get("models") or {}
+    if not isinstance(models, dict) or not all(isinstance(v, dict) or v is None for v in models.values()):
+        raise OodbenchError(f"'models' in {where} must map a model name to its settings")
+    return Profile(
+        name=name,
+        description=str(raw.get("description") or ""),
+        data_root=raw.get("data_root"),
+        train=from_mapping(TrainConfig, raw.get("train"), where=f"{where}, section 'train'"),
+        eval=from_mapping(EvalConfig, raw.get("eval"), where=f"{where}, section 'eval'"),
+        models={model: dict(settings or {}) for model, settings in models.items()},
+        pairs=tuple(str(p) for p in raw.get("pairs") or ()),
+        seeds=tuple(int(s) for s in raw.get("seeds") or (0,)),
+    )
+
+
+def to_plain(config: Any) -> Any:
+    """A dataclass (possibly nested) as plain dicts/lists, for YAML, JSON and checkpoints."""
+    if dataclasses.is_dataclass(config):
+        return {key: to_plain(value) for key, value in dataclasses.asdict(config).items()}
+    if isinstance(config, (list, tuple)):
+        return [to_plain(v) for v in config]
+    if isinstance(config, dict):
+        return {key: to_plain(value) for key, value in config.items()}
+    if isinstance(config, Path):
+        return str(config)
+    return config

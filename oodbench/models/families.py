@@ -1,0 +1,55 @@
+"""The model families by name: what `--model glow` means.
+
+Each family is a config dataclass, a builder, and the settings the family fixes (CV-Glow is Glow
+with translation-only coupling, so it is the same model with one setting pinned). Architectures know
+nothing of data or training; `module.LikelihoodModule` wraps any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from oodbench.config import from_mapping
+from oodbench.errors import OodbenchError
+from oodbench.models.base import LikelihoodModel
+from oodbench.models.glow import Glow, GlowConfig
+from oodbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    description: str
+    config_cls: type
+    build: Callable[[Any], LikelihoodModel]
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings a user cannot override
+
+
+FAMILIES: Registry[ModelFamily] = Registry("model")
+FAMILIES.add("glow", ModelFamily(
+    "glow", "Glow (Kingma & Dhariwal 2018): affine coupling, non-volume-preserving",
+    GlowConfig, Glow, fixed={"coupling": "affine"},
+))
+FAMILIES.add("cv-glow", ModelFamily(
+    "cv-glow", "Constant-volume Glow: translation-only coupling, log-det independent of x",
+    GlowConfig, Glow, fixed={"coupling": "additive"},
+))
+
+
+def model_config(family: str, settings: dict[str, Any] | None = None, *, in_channels: int | None = None,
+                 where: str = "model settings") -> Any:
+    """The family's typed config from user settings; the family's fixed settings win."""
+    spec = FAMILIES.get(family)
+    values = dict(settings or {})
+    for key, value in spec.fixed.items():
+        if key in values and values[key] != value:
+            raise OodbenchError(f"{family} fixes {key}={value!r}; remove {key!r} from {where}")
+        values[key] = value
+    if in_channels is not None:
+        values["in_channels"] = in_channels
+    return from_mapping(spec.config_cls, values, where=f"{where} for {family}")
+
+
+def build_model(family: str, config: Any) -> LikelihoodModel:
+    return FAMILIES.get(family).build(config)

@@ -1,0 +1,83 @@
+"""The one Lightning module that trains and scores any likelihood model.
+
+Batches arrive as uint8 images with their dataset indices and are dequantized here, on the device
+(never per item on the CPU). The training loss is the mean bits/dim; validation and prediction use
+index-seeded noise so that a sample's score does not depend on batch size, device or process count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from oodbench.config import TrainConfig, from_mapping
+from oodbench.data.quantize import index_noise
+from oodbench.errors import OodbenchError
+from oodbench.models.families import FAMILIES, build_model, model_config
+from oodbench.scores import bits_per_dim
+
+
+class TrainingDiverged(OodbenchError):
+    """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+class LikelihoodModule(pl.LightningModule):
+    """Wraps a `LikelihoodModel` for training (mean bits/dim) and per-sample scoring."""
+
+    def __init__(self, *, family: str, model_settings: dict[str, Any], train_settings: dict[str, Any],
+                 noise_seed: int = 0) -> None:
+        super().__init__()
+        # Plain dicts only: they go into the checkpoint and rebuild the model on load.
+        self.save_hyperparameters()
+        self.family = FAMILIES.get(family).name
+        self.model_config = model_config(family, model_settings, where="the checkpoint's model settings")
+        self.train_config = from_mapping(TrainConfig, train_settings, where="the checkpoint's train settings")
+        self.model = build_model(family, self.model_config)
+        self.noise_seed = noise_seed
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.model.log_prob_parts(x, noise)
+
+    def _mean_bpd(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        log_px = self.model.log_prob(x, noise)
+        return bits_per_dim(log_px, math.prod(x.shape[1:])).mean()
+
+    def _eval_noise(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        return index_noise(index, tuple(x.shape[1:]), self.noise_seed, device=x.device)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        loss = self._mean_bpd(x, None)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged at epoch {self.current_epoch}, step {self.global_step} (loss {loss.item()}); "
+                "the last good checkpoint is kept; lower --lr or raise warmup_steps"
+            )
+        self.log("train_bpd", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, index = batch
+        loss = self._mean_bpd(x, self._eval_noise(x, index))
+        self.log("val_bpd", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        x, index = batch
+        parts = self.model.log_prob_parts(x, self._eval_noise(x, index))
+        return {"index": index, **{name: value.float() for name, value in parts.items()}}
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        optimizers = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
+        if cfg.optimizer not in optimizers:
+            raise OodbenchError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optimizers)}")
+        optimizer = optimizers[cfg.optimizer](self.parameters(), lr=cfg.lr)
+        warmup = max(1, cfg.warmup_steps)
+        # Linear warm-up: flows with data-dependent init are unstable at full learning rate at first.
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

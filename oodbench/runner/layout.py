@@ -1,0 +1,79 @@
+"""Where a run keeps its files. One folder per (model, dataset, seed):
+
+    runs/glow-fashionmnist-seed0/
+      config.yaml                 the resolved configuration (model, data, training, versions)
+      checkpoints/last.ckpt       the most recent checkpoint (resuming starts here)
+      checkpoints/best.ckpt       lowest validation bits/dim
+      logs/metrics.csv            per-epoch (and per-step) log from Lightning's CSV logger
+      eval/<in>_vs_<out>/         scores.csv (per sample), metrics.json (one row), config.yaml
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from oodbench.errors import OodbenchError
+
+DEFAULT_RUNS = Path("runs")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a dataset or pair name ("gray:cifar10" -> "gray-cifar10")."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def run_name(model: str, dataset: str, seed: int) -> str:
+    return f"{model}-{slug(dataset)}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.ckpt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def eval_dir(self, in_name: str, out_name: str) -> Path:
+        return self.root / "eval" / f"{slug(in_name)}_vs_{slug(out_name)}"
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """The requested checkpoint, falling back from best to last (a run with no validation)."""
+        if which not in ("best", "last"):
+            raise OodbenchError(f"bad checkpoint {which!r}; use 'best' or 'last'")
+        candidates = [self.best, self.last] if which == "best" else [self.last]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise OodbenchError(
+            f"no checkpoint in {self.checkpoints}; train first with `oodbench train --run-dir {self.root}`"
+        )
+
+
+def find_run(runs_dir: Path, model: str, dataset: str, seed: int) -> RunPaths:
+    """The run folder for (model, dataset, seed) under `runs_dir`, which must exist."""
+    paths = RunPaths(Path(runs_dir) / run_name(model, dataset, seed))
+    if not paths.config.is_file():
+        raise OodbenchError(
+            f"no trained {model} on {dataset} (seed {seed}) in {paths.root}; "
+            f"run `oodbench train --model {model} --dataset {dataset}` first or pass --run DIR"
+        )
+    return paths

@@ -1,0 +1,154 @@
+"""`oodbench train`: fit one model family on one dataset and leave a run folder (see layout.py).
+
+The validation set is held out from the end of the training split, so test sets stay untouched
+for evaluation. Actnorm's data-dependent initialisation runs on a fixed batch before fitting, so
+every DDP process starts from identical parameters.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+import oodbench
+from oodbench.atomic import write_yaml
+from oodbench.config import TrainConfig, to_plain
+from oodbench.data import ImageSet, load_images, parse_dataset_ref
+from oodbench.errors import OodbenchError
+from oodbench.models.families import model_config
+from oodbench.models.module import LikelihoodModule
+from oodbench.runner.layout import RunPaths
+from oodbench.runner.lightning import make_trainer
+
+INIT_BATCH = 256  # images for actnorm's data-dependent initialisation (Glow used 512)
+LAST_EVERY_N_STEPS = 200  # how often `last.ckpt` is refreshed within an epoch, for resuming
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    paths: RunPaths
+    epochs: int  # epochs completed
+    steps: int  # optimizer steps taken
+    val_bpd: float | None  # best validation bits/dim, if there was a validation set
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    model: str
+    dataset: str
+    run_dir: Path
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    download: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def versions() -> dict[str, str]:
+    return {"oodbench": oodbench.__version__, "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+            "python": platform.python_version()}
+
+
+def holdout(data: ImageSet, cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset | None]:
+    """(train, validation) datasets of (uint8 images, index): validation is the last `val_size` images."""
+    n = len(data)
+    n_val = min(cfg.val_size, n // 5)
+    n_train = n - n_val
+    if cfg.limit_train is not None:
+        n_train = min(n_train, cfg.limit_train)
+    if n_train < 1:
+        raise OodbenchError(f"{data.name} has too few training images ({n}) to train on")
+    train_set = TensorDataset(data.images[:n_train], data.index[:n_train])
+    val_set = TensorDataset(data.images[n - n_val:], data.index[n - n_val:]) if n_val else None
+    return train_set, val_set
+
+
+def _prepare_run_dir(request: TrainRequest, paths: RunPaths) -> None:
+    existing = paths.config.is_file() or paths.checkpoints.exists()
+    if existing and request.overwrite:
+        for sub in (paths.checkpoints, paths.logs, paths.root / "eval"):
+            shutil.rmtree(sub, ignore_errors=True)
+        paths.config.unlink(missing_ok=True)
+    elif existing and not request.resume:
+        raise OodbenchError(
+            f"run folder {paths.root} already holds a run; pass --resume to continue it or --overwrite to start over"
+        )
+
+
+def _max_time(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.epochs is None and cfg.max_minutes is None:
+        raise OodbenchError("give --epochs or --max-minutes (or both) to bound training")
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise OodbenchError(f"bad --epochs {cfg.epochs}: must be at least 1")
+    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
+        raise OodbenchError(f"bad --max-minutes {cfg.max_minutes}: must be positive")
+    limits: dict[str, Any] = {"max_epochs": cfg.epochs if cfg.epochs is not None else -1}
+    if cfg.max_minutes is not None:
+        limits["max_time"] = timedelta(minutes=cfg.max_minutes)
+    return limits
+
+
+def train(request: TrainRequest) -> TrainResult:
+    started = time.perf_counter()
+    cfg = request.train
+    limits = _max_time(cfg)
+    if cfg.batch_size < 1:
+        raise OodbenchError(f"bad batch size {cfg.batch_size}: must be at least 1")
+    ref = parse_dataset_ref(request.dataset)
+    paths = RunPaths(Path(request.run_dir))
+    resuming = request.resume and paths.last.is_file()
+    _prepare_run_dir(request, paths)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download)
+    train_set, val_set = holdout(data, cfg)
+    model_cfg = model_config(request.model, request.model_settings, in_channels=data.shape[0])
+    module = LikelihoodModule(family=request.model, model_settings=to_plain(model_cfg),
+                              train_settings=to_plain(cfg))
+    write_yaml(paths.config, {
+        "model": request.model, "dataset": request.dataset, "seed": cfg.seed,
+        "data_root": request.data_root, "data_source": data.source, "image_shape": list(data.shape),
+        "n_train": len(train_set), "n_val": len(val_set) if val_set else 0,
+        "model_settings": to_plain(model_cfg), "train": to_plain(cfg), "versions": versions(),
+    })
+    if not resuming:
+        with torch.no_grad():
+            module.model.log_prob(train_set.tensors[0][:INIT_BATCH])
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
+                              generator=generator, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.num_workers) if val_set else None
+    callbacks = [ModelCheckpoint(dirpath=paths.checkpoints, save_top_k=0, save_last=True,
+                                 every_n_train_steps=LAST_EVERY_N_STEPS, enable_version_counter=False)]
+    # A separate callback for `last` at every epoch end, independent of the step cadence.
+    callbacks.append(ModelCheckpoint(dirpath=paths.checkpoints, save_top_k=0, save_last=True, enable_version_counter=False))
+    if val_loader is not None:
+        callbacks.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_bpd", mode="min",
+                                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
+    trainer = make_trainer(
+        root=paths.root, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=cfg.precision, quiet=request.quiet, callbacks=callbacks,
+        logger=CSVLogger(save_dir=paths.root, name="logs", version=""), gradient_clip_val=cfg.grad_clip_norm,
+        gradient_clip_algorithm="norm", log_every_n_steps=10, deterministic=False, **limits,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(paths.last) if resuming else None)
+    if not paths.last.is_file():
+        trainer.save_checkpoint(paths.last)
+    best = callbacks[-1].best_model_score if val_loader is not None else None
+    return TrainResult(paths=paths, epochs=trainer.current_epoch, steps=trainer.global_step,
+                       val_bpd=float(best) if best is not None else None, seconds=time.perf_counter() - started)

@@ -1,0 +1,62 @@
+"""benchmarks.yaml parsing and the priority: CLI flag > profile > default."""
+
+from pathlib import Path
+
+import pytest
+
+from oodbench.config import EvalConfig, TrainConfig, load_profile, resolve
+from oodbench.errors import OodbenchError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_profiles_parse():
+    for name in ("demo", "quick", "paper"):
+        profile = load_profile(name, REPO / "benchmarks.yaml")
+        assert profile.models and profile.pairs
+    paper = load_profile("paper", REPO / "benchmarks.yaml")
+    assert paper.models["glow"] == {"levels": 3, "steps": 32, "hidden_channels": 512}
+
+
+def test_priority_flag_over_profile_over_default(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    train: {epochs: 3, lr: 0.01}\n")
+    profile = load_profile("p", path)
+    assert profile.train.epochs == 3 and profile.train.lr == 0.01
+    assert profile.train.batch_size == TrainConfig().batch_size  # default where the profile is silent
+    final = resolve(profile.train, {"epochs": 7, "lr": None})
+    assert final.epochs == 7 and final.lr == 0.01  # the flag wins; an absent flag leaves the profile
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    train: {epoch: 3}\n")
+    with pytest.raises(OodbenchError, match=r"unknown key 'epoch' in .*benchmarks.yaml"):
+        load_profile("p", path)
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    trian: {}\n")
+    with pytest.raises(OodbenchError, match="unknown key 'trian'"):
+        load_profile("p", path)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    eval: {batch_size: many}\n")
+    with pytest.raises(OodbenchError, match="bad value 'many' for 'batch_size'"):
+        load_profile("p", path)
+
+
+def test_unknown_profile_lists_valid(tmp_path):
+    path = write(tmp_path, "profiles:\n  a: {}\n  b: {}\n")
+    with pytest.raises(OodbenchError, match="valid profiles: a, b"):
+        load_profile("c", path)
+
+
+def test_no_profile_means_defaults():
+    profile = load_profile(None)
+    assert profile.train == TrainConfig() and profile.eval == EvalConfig()
