@@ -1,0 +1,159 @@
+"""`load_images`: from a dataset reference to an `ImageSet`, via the cache, the data root or a download.
+
+Where pixels come from, in order:
+1. the tensor cache (`cache.py`), when its entry was built from the same files (or they are gone);
+2. the data root: the `data_root` argument, else $OODBENCH_DATA, else ~/.cache/oodbench; the
+   string "demo" means the subset embedded in the package (`DEMO_ROOT`). Each dataset's layouts
+   (`datasets.py`) are tried in order;
+3. torchvision's own download into the data root, only when `download=True`;
+4. otherwise an OodbenchError that names every path searched.
+Synthetic sets (`constant`, `noise`) are generated and never cached.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from oodbench.data import cache
+from oodbench.data.datasets import DatasetSpec, get_dataset
+from oodbench.data.imageset import ImageSet
+from oodbench.data.refs import parse_dataset_ref
+from oodbench.data.sources import Found, Missing, Pixels
+from oodbench.data.transforms import gray3, pad
+from oodbench.errors import OodbenchError
+
+DEMO_ROOT = Path(__file__).resolve().parent / "demo"
+DEMO = "demo"
+
+
+def resolve_root(data_root: str | Path | None) -> Path:
+    """The data root to search: the argument ("demo" = DEMO_ROOT), else $OODBENCH_DATA, else ~/.cache/oodbench."""
+    if data_root is None:
+        data_root = os.environ.get("OODBENCH_DATA") or Path.home() / ".cache" / "oodbench"
+    if str(data_root) == DEMO:
+        return DEMO_ROOT
+    return Path(data_root).expanduser()
+
+
+def _check_split(spec: DatasetSpec, split: str) -> None:
+    if split not in spec.splits:
+        raise OodbenchError(f"{spec.name} has no split {split!r}; valid splits: {', '.join(spec.splits)}")
+
+
+def locate(spec: DatasetSpec, split: str, root: Path) -> tuple[Found | None, list[str]]:
+    """The first layout that has the files (without reading them), and every path looked at."""
+    searched = []
+    for layout in spec.layouts:
+        lookup = layout(root, split)
+        if isinstance(lookup, Found):
+            return lookup, searched
+        assert isinstance(lookup, Missing)
+        searched.append(lookup.searched)
+    return None, searched
+
+
+def _missing(spec: DatasetSpec, split: str, root: Path, searched: list[str]) -> OodbenchError:
+    fetch = " or pass --download when online" if spec.download is not None else ""
+    return OodbenchError(
+        f"dataset {spec.name!r} split {split!r} not found; searched: {'; '.join(searched)}; put it under "
+        f"--data-root / OODBENCH_DATA (torchvision layout or <root>/{spec.name}/{split}.npz){fetch}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _read(spec: DatasetSpec, split: str, found: Found, limit: int | None) -> Pixels:
+    """Run the reader; any failure is reported as the file being corrupt, naming it."""
+    try:
+        pixels = found.read(limit)
+    except OodbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy, pickle, zipfile, torchvision's md5 check... raise many types
+        raise OodbenchError(f"could not read {spec.name} {split} from {found.where} ({_one_line(exc)}); "
+                            "the file is corrupt or not in the expected format: replace or delete it") from None
+    images = pad(pixels.images, spec.pad) if tuple(pixels.images.shape[1:]) != spec.shape else pixels.images
+    if tuple(images.shape[1:]) != spec.shape:
+        raise OodbenchError(f"{found.where} holds images of shape {tuple(pixels.images.shape[1:])} (C, H, W); "
+                            f"{spec.name} needs {spec.shape} (or 28x28 before padding for grey sets)")
+    return Pixels(images.contiguous(), pixels.index, pixels.complete)
+
+
+def _download(spec: DatasetSpec, split: str, root: Path) -> None:
+    try:
+        spec.download(root, split)  # type: ignore[misc]
+    except Exception as exc:  # noqa: BLE001 - no network, a mirror down, a checksum mismatch
+        raise OodbenchError(f"downloading {spec.name} {split} into {root} failed ({_one_line(exc)}); "
+                            "check the connection or put the files under --data-root yourself") from None
+
+
+def _load_real(spec: DatasetSpec, split: str, root: Path, download: bool, limit: int | None) -> tuple[Pixels, str]:
+    found, searched = locate(spec, split, root)
+    path = cache.cache_path(spec.name, split, root)
+    entry = cache.read_entry(path)
+    if entry is not None and (entry.complete or (limit is not None and len(entry.index) >= limit)):
+        if found is None:  # the source files are gone; the cache still holds the pixels
+            return Pixels(entry.images, entry.index, entry.complete), f"{entry.source} (cached in {path})"
+        if entry.fingerprint == cache.fingerprint(found.files):
+            return Pixels(entry.images, entry.index, entry.complete), found.where
+    if found is None and download and spec.download is not None:
+        _download(spec, split, root)
+        found, searched = locate(spec, split, root)
+    if found is None:
+        raise _missing(spec, split, root, searched)
+    fingerprint = cache.fingerprint(found.files)  # before reading: a file changing meanwhile means a rebuild
+    pixels = _read(spec, split, found, limit)
+    try:
+        cache.write_entry(path, cache.CacheEntry(pixels.images, pixels.index, pixels.complete, found.where,
+                                                 fingerprint))
+    except (OSError, RuntimeError):  # read-only or full cache disk (torch raises RuntimeError): slower next time
+        pass
+    return pixels, found.where
+
+
+def load_images(name: str, split: str, *, data_root: str | Path | None = None, download: bool = False,
+                limit: int | None = None) -> ImageSet:
+    """The images of one split of a dataset, as uint8 (N, C, 32, 32) with canonical indices.
+
+    `name` is a dataset reference such as "cifar10" or "gray:cifar10" (an "@split" in it must agree
+    with `split`). `limit` keeps the first `limit` samples; `index` keeps their canonical positions.
+    """
+    ref = parse_dataset_ref(name)
+    if ref.split_override is not None and ref.split_override != split:
+        raise OodbenchError(f"{name!r} names split {ref.split_override!r} but {split!r} was asked for; "
+                            f"pass {ref.name!r} with split {ref.split_override!r}")
+    spec = get_dataset(ref.base)
+    _check_split(spec, split)
+    if limit is not None and limit < 0:
+        raise OodbenchError(f"bad limit {limit}: must be 0 or more (or unset for the whole split)")
+    if spec.generate is not None:
+        pixels, source = spec.generate(split, limit), f"synthetic ({spec.source})"
+    else:
+        pixels, source = _load_real(spec, split, resolve_root(data_root), download, limit)
+    images, index = pixels.images, pixels.index
+    if limit is not None:
+        images, index = images[:limit], index[:limit]
+    if ref.gray:
+        images = gray3(images)
+    return ImageSet(name=ref.name, split=split, images=images.contiguous(), index=index.to(torch.int64).contiguous(),
+                    source=source)
+
+
+def dataset_availability(name: str, data_root: str | Path | None = None) -> dict[str, str | None]:
+    """For each split of `name`: where it would be loaded from (data root, else cache), or None if missing.
+
+    Only checks that files exist; nothing is read or decoded.
+    """
+    spec = get_dataset(parse_dataset_ref(name).base)
+    if spec.generate is not None:
+        return {split: f"synthetic ({spec.source})" for split in spec.splits}
+    root = resolve_root(data_root)
+    found: dict[str, str | None] = {}
+    for split in spec.splits:
+        hit, _ = locate(spec, split, root)
+        path = cache.cache_path(spec.name, split, root)
+        found[split] = hit.where if hit is not None else (f"cache {path}" if path.is_file() else None)
+    return found

@@ -1,0 +1,82 @@
+"""Dataset references as written on the command line and in benchmarks.yaml.
+
+A reference is `[gray:]NAME[@SPLIT]`: "svhn", "gray:cifar10", "svhn@train" (use SVHN's train split
+where a test split would be used; the staged data has no SVHN test split). A pair is `IN:OUT`, e.g.
+"cifar10:svhn", "gray:cifar10:svhn", "cifar10:gray:cifar10". Pairs are split on ':' and the token
+"gray" attaches to the token after it, so "gray:" never needs quoting or brackets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oodbench.data.datasets import get_dataset
+from oodbench.errors import OodbenchError
+
+GRAY = "gray"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str  # canonical, with the prefix when there is one: "cifar10", "gray:cifar10"
+    split_override: str | None = None  # "svhn@train" -> "train"
+
+    @property
+    def split(self) -> str | None:
+        """Alias of `split_override`: the split to use instead of the default one, if any."""
+        return self.split_override
+
+    @property
+    def gray(self) -> bool:
+        return self.name.startswith(f"{GRAY}:")
+
+    @property
+    def base(self) -> str:
+        """The registered dataset underneath: "gray:cifar10" -> "cifar10"."""
+        return self.name.removeprefix(f"{GRAY}:")
+
+    def __str__(self) -> str:
+        return self.name if self.split_override is None else f"{self.name}@{self.split_override}"
+
+
+@dataclass(frozen=True)
+class Pair:
+    in_ref: DatasetRef
+    out_ref: DatasetRef
+
+    def __str__(self) -> str:
+        return f"{self.in_ref}:{self.out_ref}"
+
+
+def parse_dataset_ref(text: str) -> DatasetRef:
+    """"[gray:]NAME[@SPLIT]" -> DatasetRef; unknown names, splits or a grey base are OodbenchErrors."""
+    spec_text = text.strip().lower()
+    body, _, split = spec_text.partition("@")
+    gray = body.startswith(f"{GRAY}:")
+    base = body.removeprefix(f"{GRAY}:") if gray else body
+    if not base:
+        raise OodbenchError(f"empty dataset name in {text!r}; expected [gray:]NAME[@SPLIT], e.g. gray:cifar10")
+    spec = get_dataset(base)  # unknown name -> error listing the valid ones
+    if gray and spec.shape[0] != 3:
+        raise OodbenchError(f"{text!r}: {base} is already greyscale ({spec.shape[0]} channel); drop the gray: prefix")
+    if "@" in spec_text and split not in spec.splits:
+        raise OodbenchError(f"{base} has no split {split!r} in {text!r}; valid splits: {', '.join(spec.splits)}")
+    return DatasetRef(name=f"{GRAY}:{base}" if gray else base, split_override=split or None)
+
+
+def parse_pair(text: str) -> Pair:
+    """"IN:OUT" -> Pair. Tokens split on ':'; "gray" joins the token after it."""
+    malformed = OodbenchError(f"malformed pair {text!r}: expected IN:OUT, e.g. cifar10:svhn")
+    refs: list[str] = []
+    pending_gray = False
+    for token in (part.strip() for part in text.split(":")):
+        if not token:
+            raise malformed
+        if token.lower() == GRAY and not pending_gray:
+            pending_gray = True
+            continue
+        refs.append(f"{GRAY}:{token}" if pending_gray else token)
+        pending_gray = False
+    if pending_gray or len(refs) != 2:
+        raise malformed
+    return Pair(parse_dataset_ref(refs[0]), parse_dataset_ref(refs[1]))
