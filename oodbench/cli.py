@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -62,7 +61,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except OodbenchError as exc:
             _fail(str(exc), exc.exit_code)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
             if os.environ.get("OODBENCH_DEBUG"):
@@ -257,15 +256,19 @@ def data_list(data_root: DataRootOpt = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the app and turns click's usage errors into one line with exit code 2."""
-    command = typer.main.get_command(app)
+    """Entry point: runs the app and turns usage errors (unknown option, bad value) into one line, exit 2."""
     try:
-        code = command.main(args=argv, prog_name="oodbench", standalone_mode=False)
-    except click.ClickException as exc:
+        code = app(args=argv, prog_name="oodbench", standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        err_console.print("[bold red]aborted[/]")
+        code = 130
+    except Exception as exc:
+        # click's usage errors (vendored inside newer Typer releases) carry a message and an exit code.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
         err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `oodbench --help`)", highlight=False,
                           soft_wrap=True)
         code = exc.exit_code
-    except click.exceptions.Abort:
-        err_console.print("[bold red]aborted[/]")
-        code = 130
     sys.exit(code if isinstance(code, int) else 0)

@@ -59,7 +59,7 @@ class TrainRequest:
 
 
 def versions() -> dict[str, str]:
-    return {"oodbench": oodbench.__version__, "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+    return {"oodbench": oodbench.__version__, "torch": str(torch.__version__), "pytorch_lightning": str(pl.__version__),
             "python": platform.python_version()}
 
 
@@ -109,6 +109,7 @@ def train(request: TrainRequest) -> TrainResult:
     if cfg.batch_size < 1:
         raise OodbenchError(f"bad batch size {cfg.batch_size}: must be at least 1")
     ref = parse_dataset_ref(request.dataset)
+    model_config(request.model, request.model_settings)  # bad names and settings fail before any data loads
     paths = RunPaths(Path(request.run_dir))
     resuming = request.resume and paths.last.is_file()
     _prepare_run_dir(request, paths)
