@@ -17,6 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from oodbench.config import DEFAULT_BENCHMARKS, Profile, load_profile, resolve
@@ -42,12 +43,14 @@ RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run
 AcceleratorOpt = Annotated[Optional[str], typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu...")]
 DevicesOpt = Annotated[Optional[str], typer.Option("--devices", help="Lightning devices: auto, 1, 2, '0,1'...")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="Lightning precision: 32-true, bf16-mixed...")]
+NodesOpt = Annotated[Optional[int], typer.Option("--num-nodes", help="Lightning nodes.")]
+StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy: auto, ddp...")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
 
 
@@ -121,8 +124,8 @@ def train(
     download: DownloadOpt = False,
     accelerator: AcceleratorOpt = None,
     devices: DevicesOpt = None,
-    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Lightning nodes.")] = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy: auto, ddp...")] = None,
+    num_nodes: NodesOpt = None,
+    strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run in --run-dir first.")] = False,
@@ -147,6 +150,8 @@ def train(
         download=download, resume=resume, overwrite=overwrite, quiet=quiet,
     )
     result = run_training(request)
+    if not result.first_process:  # under DDP, one summary line, not one per process
+        return
     val = f", best validation {result.val_bpd:.3f} bits/dim" if result.val_bpd is not None else ""
     console.print(f"trained {model} on {dataset}: {result.epochs} epochs, {result.steps} steps in "
                   f"{result.seconds:.0f}s{val}; run folder {result.paths.root}")
@@ -172,6 +177,8 @@ def evaluate(
     download: DownloadOpt = False,
     accelerator: AcceleratorOpt = None,
     devices: DevicesOpt = None,
+    num_nodes: NodesOpt = None,
+    strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -186,11 +193,12 @@ def evaluate(
     chosen = _profile(profile, config)
     eval_cfg = resolve(chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
                                          match_channels=match_channels, accelerator=accelerator, devices=devices,
-                                         precision=precision))
+                                         num_nodes=num_nodes, strategy=strategy, precision=precision))
     result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
                                         download=download, checkpoint=checkpoint, quiet=quiet))
-    console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
-    console.print(f"wrote {result.folder}/scores.csv and metrics.json")
+    if result.written:
+        console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
+        console.print(f"wrote {result.folder}/scores.csv and metrics.json")
 
 
 @app.command()
@@ -239,6 +247,71 @@ def demo(
     console.print(f"wrote {out}/results.csv, {out}/results.md and the bits/dim histograms")
 
 
+@app.command()
+@user_errors
+def sweep(
+    profile: Annotated[str, typer.Option("--profile", help="Profile in benchmarks.yaml: demo, quick, paper...")],
+    config: ConfigOpt = DEFAULT_BENCHMARKS,
+    only: Annotated[Optional[str], typer.Option("--only", help="Filter cells: model=glow,dataset=cifar10,seed=0.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: run the I-th of N slices (0 <= I < N).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")] = False,
+    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="Default runs/<profile>.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder; default results/<profile>.")] = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    accelerator: AcceleratorOpt = None,
+    devices: DevicesOpt = None,
+    num_nodes: NodesOpt = None,
+    strategy: StrategyOpt = None,
+    precision: PrecisionOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train and evaluate every (model, dataset, seed) cell of a profile; resumable and shardable."""
+    from oodbench.report import write_report
+    from oodbench.runner import sweep as sweeping
+
+    chosen = load_profile(profile, config)
+    runs_dir = runs_dir or Path("runs") / profile
+    out = out or Path("results") / profile
+    settings = sweeping.resolve_settings(
+        chosen, runs_dir, data_root=data_root, download=download, quiet=quiet,
+        train_overrides=dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                             precision=precision),
+        eval_overrides=dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                            precision=precision))
+    cells = sweeping.cells(chosen, only=sweeping.parse_only(only), shard=sweeping.parse_shard(shard))
+    if not cells:
+        raise OodbenchError(f"no cells in profile {profile!r} match --only {only!r} / --shard {shard!r}")
+    plans = [sweeping.plan_cell(c, runs_dir, settings.data_root, download) for c in cells]
+    console.print(_plan_table(plans, title=f"oodbench sweep --profile {profile}" + (f" --shard {shard}" if shard else "")))
+    if dry_run:
+        return
+
+    def announce(plan: sweeping.CellPlan) -> None:
+        if plan.action == "skip":
+            console.print(f"[yellow]skipping {plan.cell.name}: {plan.reason}[/]")
+        elif plan.action != "done":
+            console.print(f"[bold]{plan.action} {plan.cell.name}[/] ({len(plan.pairs)} evaluation(s))")
+
+    completed = sweeping.sweep(plans, settings, announce)
+    if completed == 0:
+        raise OodbenchError("nothing ran: every cell was skipped (see above); put the data under --data-root")
+    table = write_report([runs_dir], out)
+    console.print(_metrics_table(table.to_dict("records"), title=f"oodbench sweep --profile {profile}"))
+    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md and {len(table)} histogram(s)")
+
+
+def _plan_table(plans: list[Any], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("cell", "action", "pairs to evaluate", "skipped"):
+        table.add_column(column)
+    colours = {"done": "green", "skip": "yellow", "train": "cyan", "resume": "cyan", "evaluate": "cyan"}
+    for plan in plans:
+        skipped = "; ".join(f"{p} ({why})" for p, why in plan.skipped_pairs) or plan.reason
+        table.add_row(plan.cell.name, f"[{colours[plan.action]}]{plan.action}[/]", ", ".join(plan.pairs), skipped)
+    return table
+
+
 @data_app.command("list")
 @user_errors
 def data_list(data_root: DataRootOpt = None) -> None:
@@ -268,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         # click's usage errors (vendored inside newer Typer releases) carry a message and an exit code.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
-        err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `oodbench --help`)", highlight=False,
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())} (see `oodbench --help`)", highlight=False,
                           soft_wrap=True)
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)

@@ -69,7 +69,9 @@ class EvalConfig:
     noise_seed: int = 0  # seeds the per-sample dequantization noise (see data/quantize.py)
     match_channels: bool = False  # convert the OOD set to the model's channel count
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
+    num_nodes: int = 1
+    strategy: str = "auto"
     precision: str = "32-true"
 
 

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from oodbench.data.quantize import dequantize, discretization_nats
+from oodbench.data.quantize import dequantize, discretization_nats, index_noise
 
 
 class LikelihoodModel(nn.Module, abc.ABC):
@@ -35,6 +35,20 @@ class LikelihoodModel(nn.Module, abc.ABC):
     def log_prob(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return self.log_prob_parts(x, noise)["log_px"]
 
+    def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-sample objective training maximises (nats); a VAE returns its ELBO here."""
+        return self.log_prob(x)
+
+    def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor | None:
+        """The `noise` to score `x` with, a function of (seed, index) only, so that a sample's score
+        does not depend on batch size, device or process count. None: the model needs no randomness."""
+        return None
+
+    @property
+    def bound(self) -> str:
+        """Which quantity `log_px` is: "exact", "dequantized", "elbo", "iwae-<k>"."""
+        return "exact"
+
 
 class DequantizedFlow(LikelihoodModel):
     """A normalizing flow on dequantized pixels y in [0,1)^D.
@@ -49,6 +63,14 @@ class DequantizedFlow(LikelihoodModel):
     @abc.abstractmethod
     def flow_log_density(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log_pz, logdet) per sample for y in [0,1)^D."""
+
+    def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor:
+        return index_noise(index, tuple(x.shape[1:]), seed, device=x.device)
+
+    @property
+    def bound(self) -> str:
+        # E_u[log p(y)] - D ln 256 lower-bounds log P(x); one noise draw estimates it (PAPER.md, "Units").
+        return "dequantized"
 
     def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         y = dequantize(x, noise)

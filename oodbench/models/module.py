@@ -14,7 +14,6 @@ import pytorch_lightning as pl
 import torch
 
 from oodbench.config import TrainConfig, from_mapping
-from oodbench.data.quantize import index_noise
 from oodbench.errors import OodbenchError
 from oodbench.models.families import FAMILIES, build_model, model_config
 from oodbench.scores import bits_per_dim
@@ -43,16 +42,21 @@ class LikelihoodModule(pl.LightningModule):
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model.log_prob_parts(x, noise)
 
-    def _mean_bpd(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        log_px = self.model.log_prob(x, noise)
+    def _mean_bpd(self, log_px: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return bits_per_dim(log_px, math.prod(x.shape[1:])).mean()
 
     def _eval_noise(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
-        return index_noise(index, tuple(x.shape[1:]), self.noise_seed, device=x.device)
+        return self.model.eval_noise(x, index, self.noise_seed)
+
+    def on_train_epoch_start(self) -> None:
+        # Every epoch's randomness (dequantization noise, dropout, latent samples) is a function of
+        # (seed, epoch, rank) alone, so a run resumed from an epoch-end checkpoint replays exactly
+        # what an uninterrupted run would have computed.
+        torch.manual_seed((self.train_config.seed * 1_000_003 + self.current_epoch) * 257 + self.global_rank)
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
-        loss = self._mean_bpd(x, None)
+        loss = self._mean_bpd(self.model.training_log_prob(x), x)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged at epoch {self.current_epoch}, step {self.global_step} (loss {loss.item()}); "
@@ -63,7 +67,7 @@ class LikelihoodModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, index = batch
-        loss = self._mean_bpd(x, self._eval_noise(x, index))
+        loss = self._mean_bpd(self.model.log_prob(x, self._eval_noise(x, index)), x)
         self.log("val_bpd", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

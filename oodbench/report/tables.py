@@ -8,6 +8,7 @@
 | score | the OOD score the metrics are of (`likelihood`: the bits/dim, larger = more OOD) |
 | unit | `bits/dim` = -log p(x) / (D ln 2) on 8-bit images |
 | discretization | how log p(x) of the 8-bit image was obtained (dequantization or exact) |
+| bound | which quantity log p(x) is: `exact`, `dequantized` (a one-draw estimate of the dequantization bound), `elbo`, `iwae-<k>` |
 | n_in_train, n_in_test, n_out_test | number of images scored per set |
 | bpd_<set>_mean, bpd_<set>_std | bits/dim mean and sample standard deviation per set |
 | auroc, aupr_in, aupr_out, fpr_at_95_tpr, fpr_at_80_tpr | OOD metrics (OOD = positive class; see metrics.py) |
@@ -25,10 +26,11 @@ import pandas as pd
 from oodbench.atomic import write_text, write_with
 from oodbench.errors import OodbenchError
 from oodbench.report.figures import bpd_histogram
+from oodbench.report.summary import summarize
 
 SETS = ("in_train", "in_test", "out_test")
 RESULT_COLUMNS = (
-    "model", "in_dataset", "out_dataset", "pair", "seed", "score", "unit", "discretization",
+    "model", "in_dataset", "out_dataset", "pair", "seed", "score", "unit", "discretization", "bound",
     *(f"n_{s}" for s in SETS),
     *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
     "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr", "ood_lower_bpd",
@@ -67,7 +69,24 @@ def collect_results(runs_dirs: list[Path]) -> pd.DataFrame:
     return frame.sort_values(["model", "in_dataset", "out_dataset", "seed"]).reset_index(drop=True)
 
 
-def markdown(frame: pd.DataFrame, figures: dict[int, str]) -> str:
+def _with_interval(row: pd.Series, metric: str) -> str:
+    mean, lo, hi = row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"]
+    return f"{mean:.3f}" if pd.isna(lo) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    table = pd.DataFrame({
+        "model": summary["model"], "pair (in:out)": summary["pair"], "bound": summary["bound"],
+        "seeds": summary["n_seeds"],
+        **{label: summary.apply(_with_interval, axis=1, metric=metric) for label, metric in (
+            ("BPD in-test", "bpd_in_test_mean"), ("BPD OOD-test", "bpd_out_test_mean"), ("AUROC", "auroc"),
+            ("FPR@80%TPR", "fpr_at_80_tpr"))},
+        "OOD gets lower BPD": summary["ood_lower_bpd"],
+    })
+    return table.to_markdown(index=False)
+
+
+def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]) -> str:
     table = frame[["model", "pair", "seed", "bpd_in_train_mean", "bpd_in_test_mean", "bpd_out_test_mean",
                    "auroc", "fpr_at_80_tpr", "ood_lower_bpd"]].copy()
     table.columns = ["model", "pair (in:out)", "seed", "BPD in-train", "BPD in-test", "BPD OOD-test",
@@ -80,6 +99,12 @@ def markdown(frame: pd.DataFrame, figures: dict[int, str]) -> str:
         "AUROC 0.5 = chance, below 0.5 = the OOD set looks *more* in-distribution). Nalisnick et al. (2019)",
         "found the OOD set getting lower BPD for FashionMNIST -> MNIST and CIFAR-10 -> SVHN.",
         "",
+        "## Per family and pair (mean over seeds, 95% bootstrap interval where there are several)",
+        "",
+        summary_markdown(summary),
+        "",
+        "## Per run",
+        "",
         table.to_markdown(index=False, floatfmt=".3f"),
         "",
         f"Discretization: {'; '.join(sorted(frame['discretization'].unique()))}.",
@@ -91,7 +116,8 @@ def markdown(frame: pd.DataFrame, figures: dict[int, str]) -> str:
 
 
 def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
-    """Write results.csv, results.md and one bits/dim histogram per result row; return the table."""
+    """Write results.csv, summary.csv (mean and 95% bootstrap interval over seeds), results.md and one
+    bits/dim histogram per result row; return the per-run table."""
     frame = collect_results(runs_dirs)
     out_dir = Path(out_dir)
     figures = {}
@@ -102,5 +128,7 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
         figures[i] = name
     table = frame[list(RESULT_COLUMNS)]
     write_with(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
-    write_text(out_dir / "results.md", markdown(frame, figures))
+    summary = summarize(frame)
+    write_with(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
+    write_text(out_dir / "results.md", markdown(frame, summary, figures))
     return table

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
 import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
@@ -49,6 +50,7 @@ class EvalResult:
     folder: Path
     metrics: dict[str, Any]
     scores: pd.DataFrame
+    written: bool = True  # False on DDP processes other than global zero
 
 
 def load_module(path: Path) -> LikelihoodModule:
@@ -97,33 +99,71 @@ def _load_sets(pair: Pair, run_config: dict[str, Any], request: EvalRequest) -> 
     return sets
 
 
-def score_images(module: LikelihoodModule, images: ImageSet, cfg: EvalConfig, quiet: bool,
-                 root: Path) -> pd.DataFrame:
-    """Per-sample log-likelihood parts and bits/dim, sorted by dataset index."""
-    loader = DataLoader(TensorDataset(images.images, images.index), batch_size=cfg.batch_size, shuffle=False)
+class GatherPredictions(pl.Callback):
+    """Collects `predict_step` outputs per dataloader and, under DDP, gathers every process's share.
+
+    Lightning's predict sampler splits a set unevenly across processes (no padding) and
+    `all_gather` needs equal shapes, so each share is padded with index -1 rows that are dropped
+    after gathering. The result equals a single-process run, in dataset index order.
+    """
+
+    def __init__(self) -> None:
+        self.local: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self.gathered: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.local.setdefault(dataloader_idx, []).append({k: v.detach() for k, v in outputs.items()})
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        for idx, batches in sorted(self.local.items()):
+            parts = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+            if trainer.world_size > 1:
+                parts = _gather_padded(pl_module, parts)
+            parts = {key: value.cpu() for key, value in parts.items()}
+            order = torch.argsort(parts["index"])
+            self.gathered[idx] = {key: value[order] for key, value in parts.items()}
+
+
+def _gather_padded(pl_module: pl.LightningModule, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    n_local = parts["index"].new_tensor([parts["index"].numel()])
+    n_max = int(pl_module.all_gather(n_local).max())
+    padded = {}
+    for key, value in parts.items():
+        filler = -1 if key == "index" else 0
+        pad = value.new_full((n_max - value.numel(),), filler)
+        padded[key] = pl_module.all_gather(torch.cat([value, pad])).reshape(-1)
+    keep = padded["index"] >= 0
+    return {key: value[keep] for key, value in padded.items()}
+
+
+def score_sets(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, quiet: bool,
+               root: Path) -> tuple[pd.DataFrame, bool]:
+    """Per-sample log-likelihood parts and bits/dim of every set, each in dataset index order, from one
+    Lightning predict run (one DDP launch). Returns the scores and whether this is the global-zero process."""
+    loaders = [DataLoader(TensorDataset(images.images, images.index), batch_size=cfg.batch_size, shuffle=False)
+               for images in sets.values()]
+    gather = GatherPredictions()
     trainer = make_trainer(root=root, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
-                           quiet=quiet, logger=False)
-    batches = trainer.predict(module, loader)
-    parts = {key: torch.cat([batch[key].detach().cpu() for batch in batches]) for key in batches[0]}
-    order = torch.argsort(parts["index"])
-    columns = {key: value[order].numpy() for key, value in parts.items()}
-    n_dims = math.prod(images.shape)
-    frame = pd.DataFrame({
-        "dataset": images.name, "split": images.split, "index": columns.pop("index"),
-        "log_px": columns["log_px"].astype(np.float64),
-        "bpd": bits_per_dim(columns.pop("log_px").astype(np.float64), n_dims),
-    })
-    for key, value in columns.items():
-        frame[key] = value.astype(np.float64)
-    return frame
+                           num_nodes=cfg.num_nodes, strategy=cfg.strategy, quiet=quiet, logger=False,
+                           callbacks=[gather])
+    trainer.predict(module, loaders, return_predictions=False)
+    frames = []
+    for idx, (name, images) in enumerate(sets.items()):
+        columns = {key: value.numpy().astype(np.float64) for key, value in gather.gathered[idx].items()}
+        index = columns.pop("index").astype(np.int64)
+        log_px = columns.pop("log_px")
+        frame = pd.DataFrame({"set": name, "dataset": images.name, "split": images.split, "index": index,
+                              "log_px": log_px, "bpd": bits_per_dim(log_px, math.prod(images.shape)), **columns})
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True), trainer.is_global_zero
 
 
 def summary_row(scores: pd.DataFrame, *, run_config: dict[str, Any], pair: Pair, request: EvalRequest,
-                checkpoint: Path, discretization: str) -> dict[str, Any]:
+                checkpoint: Path, discretization: str, bound: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "model": run_config["model"], "in_dataset": str(pair.in_ref), "out_dataset": str(pair.out_ref),
         "pair": str(pair), "seed": int(run_config["seed"]), "score": "likelihood", "unit": "bits/dim",
-        "discretization": discretization,
+        "discretization": discretization, "bound": bound,
     }
     by_set = {name: scores[scores["set"] == name]["bpd"].to_numpy() for name in SETS}
     for name in SETS:
@@ -150,17 +190,14 @@ def evaluate(request: EvalRequest) -> EvalResult:
     sets = _load_sets(pair, run_config, request)
 
     folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))
-    frames = []
-    for name in SETS:
-        frame = score_images(module, sets[name], cfg, request.quiet, request.run.root)
-        frame.insert(0, "set", name)
-        frames.append(frame)
-    scores = pd.concat(frames, ignore_index=True)
+    scores, writer = score_sets(module, sets, cfg, request.quiet, request.run.root)
     scores = scores[[c for c in SCORE_COLUMNS if c in scores] + [c for c in scores if c not in SCORE_COLUMNS]]
     if not np.isfinite(scores["bpd"]).all():
         raise OodbenchError(f"the model in {checkpoint} gives non-finite likelihoods; retrain it")
     row = summary_row(scores, run_config=run_config, pair=pair, request=request, checkpoint=checkpoint,
-                      discretization=module.model.discretization)
+                      discretization=module.model.discretization, bound=module.model.bound)
+    if not writer:  # under DDP only the global-zero process writes
+        return EvalResult(folder=folder, metrics=row, scores=scores, written=False)
     write_with(folder / "scores.csv", lambda tmp: scores.to_csv(tmp, index=False, float_format="%.6f"))
     write_yaml(folder / "config.yaml", {"pair": str(pair), "checkpoint": str(checkpoint),
                                         "data_root": request.data_root, "eval": to_plain(cfg)})

@@ -2,6 +2,7 @@
 
     runs/glow-fashionmnist-seed0/
       config.yaml                 the resolved configuration (model, data, training, versions)
+      trained.json                written when training finished (epochs, steps, best validation BPD)
       checkpoints/last.ckpt       the most recent checkpoint (resuming starts here)
       checkpoints/best.ckpt       lowest validation bits/dim
       logs/metrics.csv            per-epoch (and per-step) log from Lightning's CSV logger
@@ -35,6 +36,10 @@ class RunPaths:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def trained(self) -> Path:
+        return self.root / "trained.json"
 
     @property
     def checkpoints(self) -> Path:

@@ -24,6 +24,8 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lig
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+# Per-process epoch means of the training loss are logged as they are; syncing them costs a collective.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

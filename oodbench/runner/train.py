@@ -13,16 +13,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
+from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import oodbench
-from oodbench.atomic import write_yaml
+from oodbench.atomic import write_json, write_yaml
 from oodbench.config import TrainConfig, to_plain
 from oodbench.data import ImageSet, load_images, parse_dataset_ref
 from oodbench.errors import OodbenchError
@@ -32,7 +33,24 @@ from oodbench.runner.layout import RunPaths
 from oodbench.runner.lightning import make_trainer
 
 INIT_BATCH = 256  # images for actnorm's data-dependent initialisation (Glow used 512)
-LAST_EVERY_N_STEPS = 200  # how often `last.ckpt` is refreshed within an epoch, for resuming
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order that depends only on (seed, epoch); Lightning calls `set_epoch` every epoch,
+    so a resumed run sees the same batches as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class TrainResult:
     steps: int  # optimizer steps taken
     val_bpd: float | None  # best validation bits/dim, if there was a validation set
     seconds: float
+    first_process: bool = True  # False on DDP processes other than global zero
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,7 @@ def _prepare_run_dir(request: TrainRequest, paths: RunPaths) -> None:
         for sub in (paths.checkpoints, paths.logs, paths.root / "eval"):
             shutil.rmtree(sub, ignore_errors=True)
         paths.config.unlink(missing_ok=True)
+        paths.trained.unlink(missing_ok=True)
     elif existing and not request.resume:
         raise OodbenchError(
             f"run folder {paths.root} already holds a run; pass --resume to continue it or --overwrite to start over"
@@ -112,7 +132,11 @@ def train(request: TrainRequest) -> TrainResult:
     model_config(request.model, request.model_settings)  # bad names and settings fail before any data loads
     paths = RunPaths(Path(request.run_dir))
     resuming = request.resume and paths.last.is_file()
-    _prepare_run_dir(request, paths)
+    # Under DDP every process runs this function; only the first prepares the folder and writes the config
+    # (Lightning re-launches the command for the other ranks, which then find the folder already made).
+    first_process = rank_zero_only.rank == 0
+    if first_process:
+        _prepare_run_dir(request, paths)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download)
@@ -120,24 +144,24 @@ def train(request: TrainRequest) -> TrainResult:
     model_cfg = model_config(request.model, request.model_settings, in_channels=data.shape[0])
     module = LikelihoodModule(family=request.model, model_settings=to_plain(model_cfg),
                               train_settings=to_plain(cfg))
-    write_yaml(paths.config, {
-        "model": request.model, "dataset": request.dataset, "seed": cfg.seed,
-        "data_root": request.data_root, "data_source": data.source, "image_shape": list(data.shape),
-        "n_train": len(train_set), "n_val": len(val_set) if val_set else 0,
-        "model_settings": to_plain(model_cfg), "train": to_plain(cfg), "versions": versions(),
-    })
+    if first_process:
+        write_yaml(paths.config, {
+            "model": request.model, "dataset": request.dataset, "seed": cfg.seed,
+            "data_root": request.data_root, "data_source": data.source, "image_shape": list(data.shape),
+            "n_train": len(train_set), "n_val": len(val_set) if val_set else 0,
+            "model_settings": to_plain(model_cfg), "train": to_plain(cfg), "versions": versions(),
+        })
     if not resuming:
         with torch.no_grad():
             module.model.log_prob(train_set.tensors[0][:INIT_BATCH])
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
-                              generator=generator, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=EpochShuffle(len(train_set), cfg.seed),
+                              drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
+                              pin_memory=torch.cuda.is_available())
     val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.num_workers) if val_set else None
-    callbacks = [ModelCheckpoint(dirpath=paths.checkpoints, save_top_k=0, save_last=True,
-                                 every_n_train_steps=LAST_EVERY_N_STEPS, enable_version_counter=False)]
-    # A separate callback for `last` at every epoch end, independent of the step cadence.
-    callbacks.append(ModelCheckpoint(dirpath=paths.checkpoints, save_top_k=0, save_last=True, enable_version_counter=False))
+    # `last.ckpt` only at epoch ends: resuming from there is exact (see EpochShuffle and
+    # LikelihoodModule.on_train_epoch_start); a kill mid-epoch repeats that epoch identically.
+    callbacks = [ModelCheckpoint(dirpath=paths.checkpoints, save_top_k=0, save_last=True, enable_version_counter=False)]
     if val_loader is not None:
         callbacks.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_bpd", mode="min",
                                          save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
@@ -151,5 +175,10 @@ def train(request: TrainRequest) -> TrainResult:
     if not paths.last.is_file():
         trainer.save_checkpoint(paths.last)
     best = callbacks[-1].best_model_score if val_loader is not None else None
-    return TrainResult(paths=paths, epochs=trainer.current_epoch, steps=trainer.global_step,
-                       val_bpd=float(best) if best is not None else None, seconds=time.perf_counter() - started)
+    result = TrainResult(paths=paths, epochs=trainer.current_epoch, steps=trainer.global_step,
+                         val_bpd=float(best) if best is not None else None, seconds=time.perf_counter() - started,
+                         first_process=trainer.is_global_zero)
+    if trainer.is_global_zero:
+        write_json(paths.trained, {"epochs": result.epochs, "steps": result.steps, "val_bpd": result.val_bpd,
+                                   "seconds": round(result.seconds, 1)})
+    return result

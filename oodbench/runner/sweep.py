@@ -1,0 +1,174 @@
+"""`oodbench sweep`: the whole matrix of a profile, resumable and shardable.
+
+A profile (benchmarks.yaml) names models, dataset pairs and seeds. A *cell* is one (model,
+in-distribution dataset, seed): it is trained once, then evaluated on every pair that has its dataset
+as in-distribution. Cells are ordered deterministically, so `--shard I/N` (0 <= I < N) gives each of
+N machines a disjoint slice, and `oodbench report --runs A --runs B` merges their folders.
+
+Resuming is by the files a cell leaves (layout.py): `trained.json` means training finished,
+`checkpoints/last.ckpt` means it resumes from the last epoch end (which replays exactly what an
+uninterrupted run computes), `eval/<pair>/metrics.json` means that evaluation is done. Killing a
+sweep at any moment and running the same command again therefore finishes with the same results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from oodbench.config import EvalConfig, Profile, TrainConfig, resolve
+from oodbench.data import dataset_availability, parse_dataset_ref, parse_pair
+from oodbench.errors import OodbenchError
+from oodbench.runner.evaluate import EvalRequest, evaluate
+from oodbench.runner.layout import RunPaths, run_name
+from oodbench.runner.train import TrainRequest, train
+
+ONLY_KEYS = ("model", "dataset", "seed")
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    dataset: str  # the in-distribution dataset reference, e.g. "cifar10"
+    seed: int
+    pairs: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return run_name(self.model, self.dataset, self.seed)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    cell: Cell
+    action: str  # "done", "evaluate", "resume", "train", "skip"
+    reason: str = ""
+    pairs: tuple[str, ...] = ()  # the pairs still to evaluate (their data is available)
+    skipped_pairs: tuple[tuple[str, str], ...] = ()  # (pair, why)
+
+
+def parse_only(text: str | None) -> dict[str, str]:
+    """"model=glow,dataset=cifar10" -> {"model": "glow", "dataset": "cifar10"}."""
+    if not text:
+        return {}
+    selected: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in ONLY_KEYS or not value:
+            raise OodbenchError(f"bad --only {text!r}: expected KEY=VALUE[,KEY=VALUE] with KEY in {', '.join(ONLY_KEYS)}")
+        selected[key] = value
+    return selected
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"I/N" -> (I, N), 0 <= I < N; None -> (0, 1)."""
+    if not text:
+        return 0, 1
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise OodbenchError(f"bad --shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return i, n
+
+
+def cells(profile: Profile, *, only: dict[str, str] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Cell]:
+    """The profile's cells in a fixed order, filtered by `only`, then the `shard` slice of them."""
+    by_dataset: dict[str, list[str]] = {}
+    for text in profile.pairs:
+        pair = parse_pair(text)
+        by_dataset.setdefault(str(pair.in_ref), []).append(str(pair))
+    everything = [
+        Cell(model, dataset, seed, tuple(pairs))
+        for model in sorted(profile.models)
+        for dataset, pairs in sorted(by_dataset.items())
+        for seed in sorted(profile.seeds)
+    ]
+    only = only or {}
+    chosen = [c for c in everything
+              if only.get("model", c.model) == c.model and only.get("dataset", c.dataset) == c.dataset
+              and only.get("seed", str(c.seed)) == str(c.seed)]
+    index, count = shard
+    return chosen[index::count]
+
+
+def _available(ref_text: str, split: str, data_root: str | None) -> bool:
+    ref = parse_dataset_ref(ref_text)
+    return dataset_availability(ref.name, data_root).get(ref.split or split) is not None
+
+
+def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool) -> CellPlan:
+    paths = RunPaths(runs_dir / cell.name)
+    todo, skipped = [], []
+    for text in cell.pairs:
+        pair = parse_pair(text)
+        if paths.eval_dir(str(pair.in_ref), str(pair.out_ref)).joinpath("metrics.json").is_file():
+            continue
+        out_ref = str(pair.out_ref)
+        if not download and not _available(out_ref, "test", data_root):
+            skipped.append((text, f"{out_ref} test data not found locally"))
+        else:
+            todo.append(text)
+    if paths.trained.is_file():
+        action = "evaluate" if todo else "done"
+        return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped))
+    if not download:
+        for split in ("train", "test"):
+            if not _available(cell.dataset, split, data_root):
+                return CellPlan(cell, "skip", reason=f"{cell.dataset} {split} data not found locally",
+                                skipped_pairs=tuple((p, "in-distribution data missing") for p in cell.pairs))
+    action = "resume" if paths.last.is_file() else "train"
+    return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped))
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    profile: Profile
+    runs_dir: Path
+    train: TrainConfig
+    eval: EvalConfig
+    data_root: str | None = None
+    download: bool = False
+    quiet: bool = False
+
+
+def run_cell(plan: CellPlan, settings: SweepSettings) -> int:
+    """Train (or resume) and evaluate one cell; returns the number of evaluations written."""
+    cell = plan.cell
+    paths = RunPaths(settings.runs_dir / cell.name)
+    if plan.action in ("train", "resume"):
+        train(TrainRequest(
+            model=cell.model, dataset=cell.dataset, run_dir=paths.root,
+            train=dataclasses.replace(settings.train, seed=cell.seed),
+            model_settings=settings.profile.models.get(cell.model, {}), data_root=settings.data_root,
+            download=settings.download, resume=True, quiet=settings.quiet,
+        ))
+    for pair in plan.pairs:
+        evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval, data_root=settings.data_root,
+                             download=settings.download, quiet=settings.quiet))
+    return len(plan.pairs)
+
+
+def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[CellPlan], None]) -> int:
+    """Run every plan that has work; returns how many cells ran or were already complete."""
+    completed = 0
+    for plan in plans:
+        announce(plan)
+        if plan.action != "skip":
+            run_cell(plan, settings)
+            completed += 1
+    return completed
+
+
+def resolve_settings(profile: Profile, runs_dir: Path, *, data_root: str | None, download: bool, quiet: bool,
+                     train_overrides: dict, eval_overrides: dict) -> SweepSettings:
+    return SweepSettings(
+        profile=profile, runs_dir=runs_dir, train=resolve(profile.train, train_overrides),
+        eval=resolve(profile.eval, eval_overrides),
+        data_root=data_root if data_root is not None else profile.data_root, download=download, quiet=quiet,
+    )
