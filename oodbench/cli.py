@@ -223,28 +223,9 @@ def demo(
     config: ConfigOpt = DEFAULT_BENCHMARKS,
     quiet: QuietOpt = False,
 ) -> None:
-    """The main job, offline: train on the embedded Fashion-MNIST subset, score it against MNIST, report."""
-    from oodbench.data import parse_pair
-    from oodbench.report import write_report
-    from oodbench.runner import EvalRequest, TrainRequest, evaluate as run_evaluation, train as run_training
-    from oodbench.runner.layout import RunPaths, run_name
-
-    chosen = load_profile("demo", config)
-    for model, settings in chosen.models.items():
-        for seed in chosen.seeds:
-            for pair in chosen.pairs:
-                dataset = str(parse_pair(pair).in_ref)
-                paths = RunPaths(runs_dir / run_name(model, dataset, seed))
-                if not paths.last.is_file():
-                    console.print(f"[bold]training {model} on {dataset} (seed {seed})[/]")
-                    run_training(TrainRequest(model=model, dataset=dataset, run_dir=paths.root, model_settings=settings,
-                                              train=resolve(chosen.train, {"seed": seed}), data_root=chosen.data_root,
-                                              overwrite=True, quiet=quiet))
-                run_evaluation(EvalRequest(run=paths, pair=pair, eval=chosen.eval, data_root=chosen.data_root,
-                                           quiet=quiet))
-    table = write_report([runs_dir], out)
-    console.print(_metrics_table(table.to_dict("records"), title="oodbench demo: likelihood as an OOD score"))
-    console.print(f"wrote {out}/results.csv, {out}/results.md and the bits/dim histograms")
+    """The main job, offline: train Glow on the embedded Fashion-MNIST subset, score it against MNIST,
+    report. It is `oodbench sweep --profile demo`, so a second run reuses what the first trained."""
+    _run_sweep(profile="demo", config=config, runs_dir=runs_dir, out=out, quiet=quiet)
 
 
 @app.command()
@@ -267,18 +248,22 @@ def sweep(
     quiet: QuietOpt = False,
 ) -> None:
     """Train and evaluate every (model, dataset, seed) cell of a profile; resumable and shardable."""
+    _run_sweep(profile=profile, config=config, runs_dir=runs_dir or Path("runs") / profile,
+               out=out or Path("results") / profile, only=only, shard=shard, dry_run=dry_run, data_root=data_root,
+               download=download, quiet=quiet, hardware=dict(accelerator=accelerator, devices=devices,
+                                                             num_nodes=num_nodes, strategy=strategy, precision=precision))
+
+
+def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: str | None = None,
+               shard: str | None = None, dry_run: bool = False, data_root: str | None = None, download: bool = False,
+               quiet: bool = False, hardware: dict[str, Any] | None = None) -> None:
     from oodbench.report import write_report
     from oodbench.runner import sweep as sweeping
 
     chosen = load_profile(profile, config)
-    runs_dir = runs_dir or Path("runs") / profile
-    out = out or Path("results") / profile
-    settings = sweeping.resolve_settings(
-        chosen, runs_dir, data_root=data_root, download=download, quiet=quiet,
-        train_overrides=dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                             precision=precision),
-        eval_overrides=dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                            precision=precision))
+    hardware = hardware or {}
+    settings = sweeping.resolve_settings(chosen, runs_dir, data_root=data_root, download=download, quiet=quiet,
+                                         train_overrides=hardware, eval_overrides=hardware)
     cells = sweeping.cells(chosen, only=sweeping.parse_only(only), shard=sweeping.parse_shard(shard))
     if not cells:
         raise OodbenchError(f"no cells in profile {profile!r} match --only {only!r} / --shard {shard!r}")
@@ -289,7 +274,7 @@ def sweep(
 
     def announce(plan: sweeping.CellPlan) -> None:
         if plan.action == "skip":
-            console.print(f"[yellow]skipping {plan.cell.name}: {plan.reason}[/]")
+            console.print(f"[yellow]skipping {plan.cell.name}: {escape(plan.reason)}[/]")
         elif plan.action != "done":
             console.print(f"[bold]{plan.action} {plan.cell.name}[/] ({len(plan.pairs)} evaluation(s))")
 

@@ -4,7 +4,6 @@ with a one-line message and nothing half-written."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -31,7 +31,7 @@ def mean_interval(values: np.ndarray, *, seed: int = 0) -> tuple[float, float, f
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for keys, group in results.groupby(list(SUMMARY_KEYS), sort=True):
-        row = dict(zip(SUMMARY_KEYS, keys))
+        row = dict(zip(SUMMARY_KEYS, keys, strict=True))
         row["n_seeds"] = int(group["seed"].nunique())
         for metric in SUMMARY_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_interval(group[metric].to_numpy())

@@ -24,10 +24,10 @@ TINY_YAML = """
 profiles:
   tiny:
     data_root: demo
-    train: {epochs: 3, batch_size: 32, limit_train: 640, val_size: 32, warmup_steps: 2}
+    train: {epochs: 4, batch_size: 32, limit_train: 1280, val_size: 32, warmup_steps: 2}
     eval: {batch_size: 50, train_sample: 40, limit: 60}
     models:
-      glow: {levels: 2, steps: 1, hidden_channels: 8}
+      glow: {levels: 2, steps: 2, hidden_channels: 16}
     pairs: [fashionmnist:mnist]
     seeds: [0]
 """
@@ -97,7 +97,7 @@ def test_killed_sweep_resumes_to_identical_results(tmp_path):
     last = runs_b / "glow-fashionmnist-seed0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (runs_b / "glow-fashionmnist-seed0" / "trained.json").exists(), "killed too late to test resuming"
