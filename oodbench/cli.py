@@ -260,7 +260,11 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
     from oodbench.report import write_report
     from oodbench.runner import sweep as sweeping
 
+    from oodbench.models import model_config
+
     chosen = load_profile(profile, config)
+    for model, model_settings in chosen.models.items():  # a typo fails now, not an hour into the sweep
+        model_config(model, model_settings, where=f"{config} (profile {profile!r})")
     hardware = hardware or {}
     settings = sweeping.resolve_settings(chosen, runs_dir, data_root=data_root, download=download, quiet=quiet,
                                          train_overrides=hardware, eval_overrides=hardware)

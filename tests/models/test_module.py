@@ -84,4 +84,4 @@ def test_checkpoint_round_trip_keeps_actnorm_init(tmp_path):
         other = torch.full_like(x, 255)
         assert torch.allclose(module.model.log_prob(other, noise), reloaded.model.log_prob(other, noise))
         assert torch.allclose(module.model.log_prob(x, noise), reloaded.model.log_prob(x, noise))
-    assert math.isfinite(float(reloaded.model.log_prob(x, noise).mean()))
+        assert math.isfinite(float(reloaded.model.log_prob(x, noise).mean()))
