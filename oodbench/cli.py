@@ -296,7 +296,7 @@ def _plan_table(plans: list[Any], title: str) -> Table:
         table.add_column(column)
     colours = {"done": "green", "skip": "yellow", "train": "cyan", "resume": "cyan", "evaluate": "cyan"}
     for plan in plans:
-        skipped = "; ".join(f"{p} ({why})" for p, why in plan.skipped_pairs) or plan.reason
+        skipped = plan.reason if plan.action == "skip" else "; ".join(f"{p} ({why})" for p, why in plan.skipped_pairs)
         table.add_row(plan.cell.name, f"[{colours[plan.action]}]{plan.action}[/]", ", ".join(plan.pairs), skipped)
     return table
 

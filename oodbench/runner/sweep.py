@@ -120,8 +120,8 @@ def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool)
     if not download:
         for split in ("train", "test"):
             if not _available(cell.dataset, split, data_root):
-                return CellPlan(cell, "skip", reason=f"{cell.dataset} {split} data not found locally",
-                                skipped_pairs=tuple((p, "in-distribution data missing") for p in cell.pairs))
+                why = f"{cell.dataset} {split} data not found locally"
+                return CellPlan(cell, "skip", reason=why, skipped_pairs=tuple((p, why) for p in cell.pairs))
     action = "resume" if paths.last.is_file() else "train"
     return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped))
 
