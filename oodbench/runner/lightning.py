@@ -7,6 +7,7 @@ Checkpoints are written atomically through `AtomicCheckpointIO`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import warnings
@@ -26,6 +27,21 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 # Per-process epoch means of the training loss are logged as they are; syncing them costs a collective.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep freed memory in the process instead of returning it to the OS after every tensor.
+
+    glibc's defaults unmap (or trim) the large blocks that activations live in, so every new tensor
+    page-faults its memory back in; on a CPU that costs ~10% of a Glow training step. Returns whether
+    the settings were applied (False where there is no glibc). The math is untouched.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -48,6 +64,7 @@ def device_count(devices: str) -> int | str | list[int]:
 
 def make_trainer(*, root: Path, accelerator: str, devices: str, precision: str, quiet: bool,
                  num_nodes: int = 1, strategy: str = "auto", **kwargs: Any) -> pl.Trainer:
+    tune_glibc_malloc()
     callbacks = list(kwargs.pop("callbacks", []))
     if not quiet:
         callbacks.append(pl.callbacks.RichProgressBar(leave=True))

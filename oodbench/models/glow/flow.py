@@ -1,0 +1,162 @@
+"""Glow (Kingma & Dhariwal 2018): the flow step and the multi-scale model, the flow Nalisnick et al.
+(2019) found rating SVHN above its own CIFAR-10 training data.
+
+A step is the paper's three layers, each invertible with a cheap log-determinant:
+    1. actnorm  2. permute (invertible 1x1 conv)  3. coupling
+and its reverse undoes them backwards (3, 2, 1). The model (Figure 2 of the paper) runs L levels of
+squeeze -> K steps -> split, the split factoring out half of the channels under a learned
+conditional prior; the last level's z goes to the top prior. Then, by the change of variables,
+    log p(y) = log_pz (all levels' priors) + logdet (every actnorm, 1x1 conv and coupling).
+
+Speed without changing the function: after actnorm's data-dependent initialisation, steps 1 and 2
+are one affine 1x1 conv, W ((x + b) * s) = (W diag(s)) x + W (b * s), and the LU-composed W is built
+once per call. `FlowStep.forward_unfused` is the literal reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oodbench.errors import OodbenchError
+from oodbench.models.base import DequantizedFlow
+from oodbench.models.glow.actnorm import ActNorm
+from oodbench.models.glow.config import GlowConfig
+from oodbench.models.glow.coupling import Coupling
+from oodbench.models.glow.invconv import InvConv1x1
+from oodbench.models.glow.squeeze_split import Split, TopPrior, squeeze, unsqueeze
+
+
+class FlowStep(nn.Module):
+    """One step of flow on (B, C, H, W): actnorm -> invertible 1x1 conv -> coupling."""
+
+    def __init__(self, channels: int, hidden_channels: int, *, affine: bool = True, actnorm_scale: float = 1.0) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(channels, scale=actnorm_scale)
+        self.invconv = InvConv1x1(channels)
+        self.coupling = Coupling(channels, hidden_channels, affine=affine, actnorm_scale=actnorm_scale)
+
+    def forward_unfused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's step, layer by layer (also how actnorm sees its first batch)."""
+        # 1. actnorm
+        x, logdet_actnorm = self.actnorm(x)
+        # 2. permute: the invertible 1x1 conv
+        x, logdet_invconv = self.invconv(x)
+        # 3. coupling
+        x, logdet_coupling = self.coupling(x)
+        return x, logdet_actnorm + logdet_invconv + logdet_coupling
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.actnorm.is_initialized():
+            return self.forward_unfused(x)
+        # 1. actnorm and 2. permute, folded into one affine 1x1 conv (same function, one pass over x).
+        multiplier, offset = self.actnorm.affine()
+        weight = self.invconv.weight()
+        channels = weight.shape[0]
+        x_mixed = F.conv2d(x, (weight * multiplier).view(channels, channels, 1, 1), weight @ offset)
+        pixels = x.shape[2] * x.shape[3]
+        logdet_linear = pixels * (self.actnorm.log_scale.sum() + self.invconv.log_s.sum())
+        # 3. coupling
+        y, logdet_coupling = self.coupling(x_mixed)
+        return y, logdet_coupling + logdet_linear
+
+    def reverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # 3. coupling
+        y, logdet_coupling = self.coupling.reverse(y)
+        # 2. permute
+        y, logdet_invconv = self.invconv.reverse(y)
+        # 1. actnorm
+        x, logdet_actnorm = self.actnorm.reverse(y)
+        return x, logdet_coupling + logdet_invconv + logdet_actnorm
+
+
+class FlowLevel(nn.Module):
+    """K steps of flow on the squeezed input, then (except at the top) a split."""
+
+    def __init__(self, channels: int, config: GlowConfig, *, split: bool) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(
+            FlowStep(channels, config.hidden_channels, affine=config.affine, actnorm_scale=config.actnorm_scale)
+            for _ in range(config.steps)
+        )
+        self.split = Split(channels) if split else None
+
+
+class Glow(DequantizedFlow):
+    """Multi-scale Glow on y in [0,1)^D; see `GlowConfig` for its settings."""
+
+    def __init__(self, config: GlowConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or GlowConfig()
+        channels = config.in_channels
+        levels = []
+        for level in range(config.levels):
+            channels *= 4  # squeeze
+            is_top = level == config.levels - 1
+            levels.append(FlowLevel(channels, config, split=not is_top))
+            if not is_top:
+                channels //= 2  # split: half the channels leave for the prior
+        self.levels = nn.ModuleList(levels)
+        self.top_prior = TopPrior(channels, learn=config.learn_top)
+
+    def _check_shape(self, y: torch.Tensor) -> None:
+        factor = 2 ** self.config.levels
+        if y.dim() != 4 or y.shape[1] != self.config.in_channels or y.shape[2] % factor or y.shape[3] % factor:
+            raise OodbenchError(
+                f"Glow with in_channels={self.config.in_channels} and levels={self.config.levels} needs images "
+                f"(B, {self.config.in_channels}, H, W) with H and W divisible by {factor}; got {tuple(y.shape)}"
+            )
+
+    def _encode(self, y: torch.Tensor, keep_latents: bool) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        self._check_shape(y)
+        x = y - 0.5  # centre the data; a shift has log-determinant 0
+        latents = []
+        log_pz = logdet = y.new_zeros(y.shape[0])
+        for level in self.levels:
+            x = squeeze(x)
+            for step in level.steps:
+                x, step_logdet = step(x)
+                logdet = logdet + step_logdet
+            if level.split is not None:
+                x, z2, split_log_pz = level.split(x)
+                log_pz = log_pz + split_log_pz
+                if keep_latents:
+                    latents.append(z2)
+        log_pz = log_pz + self.top_prior(x)
+        if keep_latents:
+            latents.append(x)
+        return latents, log_pz, logdet
+
+    def flow_log_density(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log_pz, logdet) per sample [B] in nats, for y in [0,1)^D of shape (B, C, H, W)."""
+        _, log_pz, logdet = self._encode(y, keep_latents=False)
+        return log_pz, logdet
+
+    def encode(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """y -> [z of each split, ..., top z]: the latents, finest level first."""
+        return self._encode(y, keep_latents=True)[0]
+
+    def decode(self, latents: list[torch.Tensor | None], temperature: float = 1.0) -> torch.Tensor:
+        """The inverse of `encode`; a None split latent is drawn from its prior at `temperature`."""
+        if len(latents) != len(self.levels):
+            raise OodbenchError(f"decode needs {len(self.levels)} latents (one per level), got {len(latents)}")
+        x = latents[-1]
+        split_latents = [*latents[:-1], None]  # the top level has no split
+        for level, z2 in zip(reversed(self.levels), reversed(split_latents), strict=True):
+            if level.split is not None:
+                x = level.split.reverse(x, z2, temperature)
+            for step in reversed(level.steps):
+                x = step.reverse(x)[0]
+            x = unsqueeze(x)
+        return x + 0.5
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, *, image_size: tuple[int, int]) -> torch.Tensor:
+        """n images y in (roughly) [0, 1) of the given (height, width), at the given temperature."""
+        factor = 2 ** self.config.levels
+        height, width = image_size
+        if height % factor or width % factor:
+            raise OodbenchError(f"image_size {image_size} must be divisible by {factor} for {self.config.levels} levels")
+        top = self.top_prior.sample(n, height // factor, width // factor, temperature)
+        return self.decode([None] * (len(self.levels) - 1) + [top], temperature)

@@ -1,0 +1,248 @@
+"""Speed and memory benchmark of the model families -> one JSON file (`make bench`).
+
+For each family: training images/s (forward, mean bits/dim loss, backward, Adam step) at one batch
+size, evaluation images/s under `torch.no_grad()` and `torch.inference_mode()` at several batch
+sizes, and peak memory. Timings are medians over `--steps` timed steps after `--warmup` untimed
+ones. Inputs are random 8-bit images; the models' data-dependent initialisation runs first, untimed.
+
+Add a family by registering a `BenchSpec` (a builder and an input maker) in `BENCHES`; every family
+is measured by the same `measure` function.
+
+    python scripts/bench.py --out bench.json [--device cuda] [--steps 10] [--families glow,cv-glow]
+
+The machine is shared: other processes on the CPU inflate every number here. The JSON records the
+load average before and after, so a noisy run can be recognised (and repeated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from oodbench.models.base import LikelihoodModel
+from oodbench.models.glow import Glow, GlowConfig
+from oodbench.runner.lightning import tune_glibc_malloc
+from oodbench.scores import bits_per_dim
+
+THREADS = 2  # the target machine: 2 CPU cores
+LR = 1e-4  # small, so that random-noise "data" cannot make training diverge mid-benchmark
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What to build and what to feed it: uint8 images (B, C, H, W) on a device."""
+
+    description: str
+    build: Callable[[], LikelihoodModel]
+    make_input: Callable[[int, torch.device, torch.Generator], torch.Tensor]
+    config: dict
+
+
+def _images(channels: int, size: int):
+    def make(batch: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=generator).to(device)
+
+    return make
+
+
+def _glow_spec(config: GlowConfig, size: int = 32) -> BenchSpec:
+    return BenchSpec(
+        description=(f"Glow ({config.coupling} coupling), L={config.levels}, K={config.steps}, "
+                     f"hidden {config.hidden_channels}, on {config.in_channels}x{size}x{size}"),
+        build=lambda: Glow(config),
+        make_input=_images(config.in_channels, size),
+        config={**dataclasses.asdict(config), "input_shape": [config.in_channels, size, size]},
+    )
+
+
+BENCHES: dict[str, BenchSpec] = {
+    # the reference size for speed targets: L=3, K=8, hidden 128 on CIFAR-shaped images
+    "glow": _glow_spec(GlowConfig(in_channels=3, levels=3, steps=8, hidden_channels=128)),
+    "cv-glow": _glow_spec(GlowConfig(in_channels=3, levels=3, steps=8, hidden_channels=128, coupling="additive")),
+    # GlowConfig's CPU default on Fashion-MNIST-shaped images
+    "glow-default-1ch": _glow_spec(GlowConfig(in_channels=1)),
+}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _max_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS)
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _timed(step: Callable[[], None], device: torch.device, *, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _rate(batch: int, seconds: list[float]) -> dict:
+    median = statistics.median(seconds)
+    return {"batch_size": batch, "images_per_s": batch / median, "median_step_s": median,
+            "min_step_s": min(seconds), "max_step_s": max(seconds), "timed_steps": len(seconds)}
+
+
+def _cuda_peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
+            eval_batches: list[int], seed: int = 0) -> dict:
+    """Training and evaluation throughput and peak memory of one family."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = spec.build().to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    x_train = spec.make_input(train_batch, device, generator)
+    n_dims = math.prod(x_train.shape[1:])
+    with torch.no_grad():
+        model.log_prob(x_train)  # data-dependent initialisation (actnorm), as training does first
+
+    # Training: forward, mean bits/dim, backward, Adam step.
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    losses = []
+
+    def train_step() -> None:
+        loss = bits_per_dim(model.log_prob(x_train), n_dims).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train = _rate(train_batch, _timed(train_step, device, steps=steps, warmup=warmup))
+    train["final_loss_bpd"] = float(losses[-1])
+    train["max_rss_mib_so_far"] = _max_rss_mib()
+    train["cuda_peak_mib"] = _cuda_peak_mib(device)
+    optimizer.state.clear()  # Adam's moments are not needed for evaluation
+    model.zero_grad(set_to_none=True)
+
+    # Evaluation: per-sample log-likelihood only, no autograd graph.
+    model.eval()
+    evaluation = {}
+    for mode, context in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        rates = []
+        for batch in eval_batches:
+            x_eval = spec.make_input(batch, device, generator)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+
+            def eval_step(x_eval=x_eval, context=context) -> None:
+                with context():
+                    model.log_prob(x_eval)
+
+            rate = _rate(batch, _timed(eval_step, device, steps=steps, warmup=warmup))
+            rate["cuda_peak_mib"] = _cuda_peak_mib(device)
+            rates.append(rate)
+        best = max(rates, key=lambda r: r["images_per_s"])
+        evaluation[mode] = {"by_batch_size": rates, "best": {"batch_size": best["batch_size"],
+                                                            "images_per_s": best["images_per_s"]}}
+    return {
+        "description": spec.description,
+        "config": spec.config,
+        "parameters": n_params,
+        "train": train,
+        "eval": evaluation,
+        "memory": {"max_rss_mib_so_far": _max_rss_mib(),
+                   "note": "process peak resident set so far (torch libraries and earlier families included)"},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="where to write the JSON")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument("--families", default="glow", help=f"comma-separated, from: {', '.join(BENCHES)}")
+    parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument("--eval-batches", default="64,128,256", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (see tune_glibc_malloc)")
+    args = parser.parse_args(argv)
+
+    families = [name.strip() for name in args.families.split(",") if name.strip()]
+    unknown = [name for name in families if name not in BENCHES]
+    if unknown:
+        parser.error(f"unknown families {unknown}; valid: {', '.join(BENCHES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+
+    malloc_tuned = False if args.default_malloc else tune_glibc_malloc()
+    torch.set_num_threads(args.threads)
+    eval_batches = [int(b) for b in args.eval_batches.split(",")]
+    load_before = os.getloadavg()
+    results = {}
+    for name in families:
+        print(f"benchmarking {name} on {device} ...", file=sys.stderr, flush=True)
+        results[name] = measure(BENCHES[name], device=device, steps=args.steps, warmup=args.warmup,
+                                train_batch=args.train_batch, eval_batches=eval_batches)
+        train, evaluation = results[name]["train"], results[name]["eval"]["inference_mode"]
+        print(f"  train {train['images_per_s']:.1f} img/s at batch {train['batch_size']}; eval best "
+              f"{evaluation['best']['images_per_s']:.1f} img/s at batch {evaluation['best']['batch_size']}",
+              file=sys.stderr)
+    report = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "malloc": "glibc tuned (mmap threshold 32 MiB, no trim)" if malloc_tuned else "default",
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "optimizer": f"torch.optim.Adam(lr={LR}) defaults",
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "families": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
