@@ -107,7 +107,7 @@ def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
 @app.command()
 @user_errors
 def train(
-    model: Annotated[str, typer.Option("--model", help="Model family: glow, cv-glow.")],
+    model: Annotated[str, typer.Option("--model", help="Model family: glow, cv-glow, pixelcnn, vae.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Training dataset, e.g. fashionmnist, cifar10.")],
     profile: ProfileOpt = None,
     config: ConfigOpt = DEFAULT_BENCHMARKS,
@@ -136,7 +136,7 @@ def train(
     from oodbench.runner.layout import run_name
 
     chosen = _profile(profile, config)
-    train_cfg = resolve(chosen.train, dict(
+    train_cfg = resolve(chosen.train_for(model), dict(
         seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision))
     if max_minutes is not None and epochs is None:
@@ -191,7 +191,7 @@ def evaluate(
         raise OodbenchError("pass exactly one of --run DIR or --model NAME")
     paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
     chosen = _profile(profile, config)
-    eval_cfg = resolve(chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
+    eval_cfg = resolve(chosen.eval_for(model) if model else chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
                                          match_channels=match_channels, accelerator=accelerator, devices=devices,
                                          num_nodes=num_nodes, strategy=strategy, precision=precision))
     result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
@@ -267,7 +267,7 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
         model_config(model, model_settings, where=f"{config} (profile {profile!r})")
     hardware = hardware or {}
     settings = sweeping.resolve_settings(chosen, runs_dir, data_root=data_root, download=download, quiet=quiet,
-                                         train_overrides=hardware, eval_overrides=hardware)
+                                         hardware=hardware)
     cells = sweeping.cells(chosen, only=sweeping.parse_only(only), shard=sweeping.parse_shard(shard))
     if not cells:
         raise OodbenchError(f"no cells in profile {profile!r} match --only {only!r} / --shard {shard!r}")

@@ -13,6 +13,7 @@ A profile in benchmarks.yaml looks like:
         eval: {batch_size: 500}
         models:
           glow: {levels: 3, steps: 4, hidden_channels: 64}
+          pixelcnn: {nr_filters: 32, train: {limit_train: 1500}}   # per-model train/eval overrides
         pairs: [fashionmnist:mnist]
         seeds: [0]
 
@@ -84,9 +85,17 @@ class Profile:
     data_root: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # architecture settings per family
     pairs: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
+    model_train: dict[str, TrainConfig] = field(default_factory=dict)  # a family's own training settings
+    model_eval: dict[str, EvalConfig] = field(default_factory=dict)
+
+    def train_for(self, model: str) -> TrainConfig:
+        return self.model_train.get(model, self.train)
+
+    def eval_for(self, model: str) -> EvalConfig:
+        return self.model_eval.get(model, self.eval)
 
 
 C = TypeVar("C")
@@ -161,15 +170,30 @@ def load_profile(name: str | None, path: Path | None = None) -> Profile:
     models = raw.get("models") or {}
     if not isinstance(models, dict) or not all(isinstance(v, dict) or v is None for v in models.values()):
         raise OodbenchError(f"'models' in {where} must map a model name to its settings")
+    train = from_mapping(TrainConfig, raw.get("train"), where=f"{where}, section 'train'")
+    evaluation = from_mapping(EvalConfig, raw.get("eval"), where=f"{where}, section 'eval'")
+    architectures, model_train, model_eval = {}, {}, {}
+    for model, settings in models.items():
+        settings = dict(settings or {})
+        # A family may carry its own `train:` / `eval:` overrides on top of the profile's sections.
+        if "train" in settings:
+            model_train[model] = from_mapping(TrainConfig, settings.pop("train"), base=train,
+                                              where=f"{where}, models.{model}.train")
+        if "eval" in settings:
+            model_eval[model] = from_mapping(EvalConfig, settings.pop("eval"), base=evaluation,
+                                             where=f"{where}, models.{model}.eval")
+        architectures[model] = settings
     return Profile(
         name=name,
         description=str(raw.get("description") or ""),
         data_root=raw.get("data_root"),
-        train=from_mapping(TrainConfig, raw.get("train"), where=f"{where}, section 'train'"),
-        eval=from_mapping(EvalConfig, raw.get("eval"), where=f"{where}, section 'eval'"),
-        models={model: dict(settings or {}) for model, settings in models.items()},
+        train=train,
+        eval=evaluation,
+        models=architectures,
         pairs=tuple(str(p) for p in raw.get("pairs") or ()),
         seeds=tuple(int(s) for s in raw.get("seeds") or (0,)),
+        model_train=model_train,
+        model_eval=model_eval,
     )
 
 

@@ -60,3 +60,19 @@ def test_unknown_profile_lists_valid(tmp_path):
 def test_no_profile_means_defaults():
     profile = load_profile(None)
     assert profile.train == TrainConfig() and profile.eval == EvalConfig()
+
+
+def test_a_family_can_override_train_and_eval_settings(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    train: {epochs: 3, lr: 0.01}\n    models:\n"
+                           "      glow: {steps: 2}\n      pixelcnn: {nr_filters: 8, train: {epochs: 1}, eval: {limit: 5}}\n")
+    profile = load_profile("p", path)
+    assert profile.models == {"glow": {"steps": 2}, "pixelcnn": {"nr_filters": 8}}
+    assert profile.train_for("glow").epochs == 3
+    assert profile.train_for("pixelcnn").epochs == 1 and profile.train_for("pixelcnn").lr == 0.01
+    assert profile.eval_for("pixelcnn").limit == 5 and profile.eval_for("glow").limit is None
+
+
+def test_unknown_key_in_a_family_override(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    models:\n      glow: {train: {epoks: 1}}\n")
+    with pytest.raises(OodbenchError, match=r"unknown key 'epoks' in .*models.glow.train"):
+        load_profile("p", path)

@@ -14,6 +14,7 @@ from oodbench.config import from_mapping
 from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
+from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.registry import Registry
 
 
@@ -34,6 +35,10 @@ FAMILIES.add("glow", ModelFamily(
 FAMILIES.add("cv-glow", ModelFamily(
     "cv-glow", "Constant-volume Glow: translation-only coupling, log-det independent of x",
     GlowConfig, Glow, fixed={"coupling": "additive"},
+))
+FAMILIES.add("pixelcnn", ModelFamily(
+    "pixelcnn", "PixelCNN++ (Salimans et al. 2017): autoregressive, discretized logistic mixture, exact likelihood",
+    PixelCNNConfig, PixelCNN,
 ))
 
 

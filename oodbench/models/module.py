@@ -48,11 +48,12 @@ class LikelihoodModule(pl.LightningModule):
     def _eval_noise(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         return self.model.eval_noise(x, index, self.noise_seed)
 
-    def on_train_epoch_start(self) -> None:
-        # Every epoch's randomness (dequantization noise, dropout, latent samples) is a function of
-        # (seed, epoch, rank) alone, so a run resumed from an epoch-end checkpoint replays exactly
-        # what an uninterrupted run would have computed.
-        torch.manual_seed((self.train_config.seed * 1_000_003 + self.current_epoch) * 257 + self.global_rank)
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Every batch's randomness (dequantization noise, dropout, latent samples) is a function of
+        # (seed, epoch, batch, rank) alone, whatever else drew from the generator before (data loader
+        # set-up, a checkpoint restore), so a resumed run replays exactly what an uninterrupted one computed.
+        key = ((self.train_config.seed * 1_000_003 + self.current_epoch) * 100_003 + batch_idx) * 257 + self.global_rank
+        torch.manual_seed(key % (2**63))
 
     def training_step(self, batch, batch_idx):
         x, _ = batch

@@ -14,9 +14,9 @@ sweep at any moment and running the same command again therefore finishes with t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from oodbench.config import EvalConfig, Profile, TrainConfig, resolve
 from oodbench.data import dataset_availability, parse_dataset_ref, parse_pair
@@ -130,11 +130,16 @@ def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool)
 class SweepSettings:
     profile: Profile
     runs_dir: Path
-    train: TrainConfig
-    eval: EvalConfig
+    hardware: dict[str, Any] = field(default_factory=dict)  # command-line flags, over every family's settings
     data_root: str | None = None
     download: bool = False
     quiet: bool = False
+
+    def train_for(self, cell: Cell) -> TrainConfig:
+        return dataclasses.replace(resolve(self.profile.train_for(cell.model), self.hardware), seed=cell.seed)
+
+    def eval_for(self, cell: Cell) -> EvalConfig:
+        return resolve(self.profile.eval_for(cell.model), self.hardware)
 
 
 def run_cell(plan: CellPlan, settings: SweepSettings) -> int:
@@ -144,12 +149,12 @@ def run_cell(plan: CellPlan, settings: SweepSettings) -> int:
     if plan.action in ("train", "resume"):
         train(TrainRequest(
             model=cell.model, dataset=cell.dataset, run_dir=paths.root,
-            train=dataclasses.replace(settings.train, seed=cell.seed),
+            train=settings.train_for(cell),
             model_settings=settings.profile.models.get(cell.model, {}), data_root=settings.data_root,
             download=settings.download, resume=True, quiet=settings.quiet,
         ))
     for pair in plan.pairs:
-        evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval, data_root=settings.data_root,
+        evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval_for(cell), data_root=settings.data_root,
                              download=settings.download, quiet=settings.quiet))
     return len(plan.pairs)
 
@@ -166,9 +171,9 @@ def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[Ce
 
 
 def resolve_settings(profile: Profile, runs_dir: Path, *, data_root: str | None, download: bool, quiet: bool,
-                     train_overrides: dict, eval_overrides: dict) -> SweepSettings:
+                     hardware: dict[str, Any]) -> SweepSettings:
+    """Command-line hardware flags (those given) over the profile; the CLI's data root over the profile's."""
     return SweepSettings(
-        profile=profile, runs_dir=runs_dir, train=resolve(profile.train, train_overrides),
-        eval=resolve(profile.eval, eval_overrides),
+        profile=profile, runs_dir=runs_dir, hardware={k: v for k, v in hardware.items() if v is not None},
         data_root=data_root if data_root is not None else profile.data_root, download=download, quiet=quiet,
     )

@@ -159,9 +159,10 @@ def train(request: TrainRequest) -> TrainResult:
                               drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                               pin_memory=torch.cuda.is_available())
     val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), num_workers=cfg.num_workers) if val_set else None
-    # `last.ckpt` only at epoch ends: resuming from there is exact (see EpochShuffle and
-    # LikelihoodModule.on_train_epoch_start); a kill mid-epoch repeats that epoch identically.
-    callbacks = [ModelCheckpoint(dirpath=paths.checkpoints, save_top_k=0, save_last=True, enable_version_counter=False)]
+    # `last.ckpt` after every epoch (Lightning keeps the most recent when nothing is monitored): resuming
+    # from an epoch end is exact, see EpochShuffle and LikelihoodModule.on_train_batch_start; a kill
+    # mid-epoch repeats that epoch identically. `best.ckpt` follows the validation bits/dim.
+    callbacks = [ModelCheckpoint(dirpath=paths.checkpoints, filename="last", save_top_k=1, enable_version_counter=False)]
     if val_loader is not None:
         callbacks.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_bpd", mode="min",
                                          save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
