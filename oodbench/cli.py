@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -28,8 +29,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the datasets oodbench knows.")
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a width that fits the tables instead of rich's 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 # ---- shared options, declared once --------------------------------------------------------------
 ConfigOpt = Annotated[Path, typer.Option("--config", help="benchmarks.yaml holding the profiles.")]
@@ -92,9 +95,14 @@ def _model_settings(profile: Profile, model: str, overrides: list[str]) -> dict[
 
 
 def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("model", "pair", "seed", "BPD in-train", "BPD in-test", "BPD OOD", "AUROC", "FPR@80", "OOD lower BPD?"):
-        table.add_column(column, justify="right" if column.startswith(("BPD", "AUROC", "FPR", "seed")) else "left")
+    """Bits/dim per set and the likelihood score's AUROC / FPR@80%TPR (OOD = positive), one row per result."""
+    table = Table(title=title, box=box.SIMPLE_HEAD,
+                  caption="bits/dim per set; AUROC, FPR@80%TPR of the BPD score (OOD = positive)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("pair (in:out)", no_wrap=True)
+    for column in ("seed", "train", "test", "OOD", "AUROC", "FPR80"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("OOD lower?", no_wrap=True)
     for row in rows:
         lower = row["bpd_out_test_mean"] < row["bpd_in_test_mean"]
         table.add_row(row["model"], row["pair"], str(row["seed"]), f"{row['bpd_in_train_mean']:.3f}",
