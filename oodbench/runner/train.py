@@ -7,6 +7,7 @@ every DDP process starts from identical parameters.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import shutil
 import time
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -109,6 +110,14 @@ def _prepare_run_dir(request: TrainRequest, paths: RunPaths) -> None:
         )
 
 
+def _loggers(paths: RunPaths) -> list:
+    """The per-epoch CSV log, plus TensorBoard's event files when tensorboard is installed."""
+    loggers: list = [CSVLogger(save_dir=paths.root, name="logs", version="")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(save_dir=paths.root, name="logs", version="tensorboard"))
+    return loggers
+
+
 def _max_time(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.epochs is None and cfg.max_minutes is None:
         raise OodbenchError("give --epochs or --max-minutes (or both) to bound training")
@@ -169,7 +178,7 @@ def train(request: TrainRequest) -> TrainResult:
     trainer = make_trainer(
         root=paths.root, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=cfg.precision, quiet=request.quiet, callbacks=callbacks,
-        logger=CSVLogger(save_dir=paths.root, name="logs", version=""), gradient_clip_val=cfg.grad_clip_norm,
+        logger=_loggers(paths), gradient_clip_val=cfg.grad_clip_norm,
         gradient_clip_algorithm="norm", log_every_n_steps=10, deterministic=False, **limits,
     )
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(paths.last) if resuming else None)
