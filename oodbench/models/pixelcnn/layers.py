@@ -101,17 +101,19 @@ def concat_elu(x: torch.Tensor, padding: tuple[int, int, int] = (0, 0, 0), *, dr
 class _WeightNormed(nn.Module):
     """A kernel, optionally weight-normalised: w = g v / ||v|| with one g per output channel
     (Salimans & Kingma 2016, as PixelCNN++ uses it). Initialised as PyTorch initialises its layers,
-    with g = ||v||, so the initial function does not depend on the choice."""
+    with g = ||v||, so the initial function does not depend on the choice. Kernels are stored
+    channels-last, the layout oneDNN wants beside channels-last activations (no copy per call)."""
 
     def __init__(self, shape: tuple[int, ...], *, out_dim: int, fan_in: int, weight_norm: bool) -> None:
         super().__init__()
         weight = torch.empty(shape)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        weight = weight.contiguous(memory_format=torch.channels_last)
         self.out_dim = out_dim
-        self.norm_dims = tuple(d for d in range(len(shape)) if d != out_dim)
         if weight_norm:
             self.v = nn.Parameter(weight)
-            self.g = nn.Parameter(torch.linalg.vector_norm(weight, dim=self.norm_dims, keepdim=True))
+            norm_dims = tuple(d for d in range(weight.dim()) if d != out_dim)
+            self.g = nn.Parameter(torch.linalg.vector_norm(weight, dim=norm_dims, keepdim=True))
         else:
             self.weight = nn.Parameter(weight)
         bound = 1.0 / math.sqrt(fan_in)
@@ -121,7 +123,8 @@ class _WeightNormed(nn.Module):
     def kernel(self) -> torch.Tensor:
         if not self.weight_norm:
             return self.weight
-        return self.v * (self.g / torch.linalg.vector_norm(self.v, dim=self.norm_dims, keepdim=True))
+        # One fused op forward and one backward (instead of norm, divide, multiply and their grads).
+        return torch._weight_norm(self.v, self.g, self.out_dim)
 
 
 class ShiftedConv2d(_WeightNormed):
@@ -180,6 +183,39 @@ class NetworkInNetwork(_WeightNormed):
         return F.conv2d(x, self.kernel(), self.bias)
 
 
+class _Gate(torch.autograd.Function):
+    """x + a * sigmoid(b) for (a, b) the two channel halves of h. The gradient for h is written as
+    one tensor (autograd would compute the halves apart, then concatenate them)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        a, b = h.chunk(2, dim=1)
+        gate = torch.sigmoid(b)
+        ctx.save_for_backward(a, gate)
+        return torch.addcmul(x, a, gate)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, gate = ctx.saved_tensors
+        grad_h = torch.empty(a.shape[0], 2 * a.shape[1], *a.shape[2:], dtype=grad.dtype, device=grad.device,
+                             memory_format=torch.channels_last)
+        grad_a, grad_b = grad_h.chunk(2, dim=1)
+        torch.mul(grad, gate, out=grad_a)
+        # d/db a sigmoid(b) = a sigmoid(b) (1 - sigmoid(b)), times grad: (grad * gate) * a * (1 - gate)
+        torch.mul(grad_a, a, out=grad_b)
+        grad_b.mul_(1.0 - gate)
+        return grad, grad_h
+
+
+def gate(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The gated residual output x + a * sigmoid(b), (a, b) = h split in channel halves."""
+    if torch.is_grad_enabled():
+        return _Gate.apply(x, h)
+    # No graph to keep: gate h's halves in place, one new tensor only.
+    a, b = h.chunk(2, dim=1)
+    return torch.addcmul(x, a, b.sigmoid_())
+
+
 class GatedResnet(nn.Module):
     """x + a * sigmoid(b), where (a, b) = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(skip))))).
 
@@ -199,7 +235,7 @@ class GatedResnet(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv_in(concat_elu(x, self.conv_in.padding), padded=True)
         if self.nin_skip is not None:
-            h = h + self.nin_skip(concat_elu(skip))
+            # in place: the convolution's backward does not need its output
+            h = h.add_(self.nin_skip(concat_elu(skip)))
         h = concat_elu(h, self.conv_out.padding, dropout=self.dropout if self.training else 0.0)
-        a, b = self.conv_out(h, padded=True).chunk(2, dim=1)
-        return torch.addcmul(x, a, torch.sigmoid(b))
+        return gate(x, self.conv_out(h, padded=True))
