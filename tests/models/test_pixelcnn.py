@@ -334,7 +334,7 @@ def test_paper_config():
     config = PixelCNNConfig.paper()
     assert (config.nr_resnet, config.nr_filters, config.nr_logistic_mix, config.dropout) == (5, 160, 10, 0.5)
     assert PixelCNNConfig.paper(in_channels=1).in_channels == 1
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         PixelCNNConfig(3)  # keyword-only
 
 
