@@ -181,6 +181,8 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N test images per set.")] = None,
     match_channels: Annotated[Optional[bool], typer.Option("--match-channels/--no-match-channels",
                                                            help="Convert the OOD set to the model's channels.")] = None,
+    iw_samples: Annotated[Optional[int], typer.Option(
+        "--iw-samples", help="VAE only: importance samples k of the IWAE bound (1 = ELBO); default: the model's.")] = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     accelerator: AcceleratorOpt = None,
@@ -200,7 +202,8 @@ def evaluate(
     paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
     chosen = _profile(profile, config)
     eval_cfg = resolve(chosen.eval_for(model) if model else chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
-                                         match_channels=match_channels, accelerator=accelerator, devices=devices,
+                                         match_channels=match_channels, iw_samples=iw_samples,
+                                         accelerator=accelerator, devices=devices,
                                          num_nodes=num_nodes, strategy=strategy, precision=precision))
     result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
                                         download=download, checkpoint=checkpoint, quiet=quiet))

@@ -69,6 +69,7 @@ class EvalConfig:
     limit: int | None = None  # score only the first N images of each test set
     noise_seed: int = 0  # seeds the per-sample dequantization noise (see data/quantize.py)
     match_channels: bool = False  # convert the OOD set to the model's channel count
+    iw_samples: int | None = None  # importance samples of a VAE's bound; None: the model's own default
     accelerator: str = "auto"
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
     num_nodes: int = 1

@@ -34,6 +34,8 @@ import torch
 
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
+from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
+from oodbench.models.vae import VAE, VAEConfig
 from oodbench.runner.lightning import tune_glibc_malloc
 from oodbench.scores import bits_per_dim
 
@@ -68,12 +70,39 @@ def _glow_spec(config: GlowConfig, size: int = 32) -> BenchSpec:
     )
 
 
+def _pixelcnn_spec(config: PixelCNNConfig, size: int = 32) -> BenchSpec:
+    return BenchSpec(
+        description=(f"PixelCNN++, nr_resnet={config.nr_resnet}, {config.nr_filters} filters, "
+                     f"{config.nr_logistic_mix} logistic mixtures, on {config.in_channels}x{size}x{size}"),
+        build=lambda: PixelCNN(config),
+        make_input=_images(config.in_channels, size),
+        config={**dataclasses.asdict(config), "input_shape": [config.in_channels, size, size]},
+    )
+
+
+def _vae_spec(config: VAEConfig) -> BenchSpec:
+    size = config.image_size
+    return BenchSpec(
+        description=(f"VAE (DCGAN-style, 256-way categorical decoder), {config.base_channels} base channels, "
+                     f"latent {config.latent_dim}, scored with k={config.iw_samples} on {config.in_channels}x{size}x{size}"),
+        build=lambda: VAE(config),
+        make_input=_images(config.in_channels, size),
+        config={**dataclasses.asdict(config), "input_shape": [config.in_channels, size, size]},
+    )
+
+
 BENCHES: dict[str, BenchSpec] = {
     # the reference size for speed targets: L=3, K=8, hidden 128 on CIFAR-shaped images
     "glow": _glow_spec(GlowConfig(in_channels=3, levels=3, steps=8, hidden_channels=128)),
     "cv-glow": _glow_spec(GlowConfig(in_channels=3, levels=3, steps=8, hidden_channels=128, coupling="additive")),
     # GlowConfig's CPU default on Fashion-MNIST-shaped images
     "glow-default-1ch": _glow_spec(GlowConfig(in_channels=1)),
+    # issue 3's reference size (public PyTorch code: ~10 img/s training, ~33 img/s evaluation at batch 64)
+    "pixelcnn": _pixelcnn_spec(PixelCNNConfig(in_channels=3, nr_resnet=1, nr_filters=64, nr_logistic_mix=10)),
+    # issue 3's reference: ~1.3M parameters (public code: ~50 img/s training, ~115 img/s single-sample bound)
+    "vae": _vae_spec(VAEConfig(in_channels=3, iw_samples=1)),
+    # the same VAE scored as evaluation scores it by default (IWAE with k=64): k decodes per image
+    "vae-iwae64": _vae_spec(VAEConfig(in_channels=3)),
 }
 
 
@@ -131,15 +160,15 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
     x_train = spec.make_input(train_batch, device, generator)
     n_dims = math.prod(x_train.shape[1:])
     with torch.no_grad():
-        model.log_prob(x_train)  # data-dependent initialisation (actnorm), as training does first
+        model.training_log_prob(x_train)  # data-dependent initialisation (actnorm), as training does first
 
-    # Training: forward, mean bits/dim, backward, Adam step.
+    # Training: forward of the training objective (the ELBO for a VAE), mean bits/dim, backward, Adam step.
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     losses = []
 
     def train_step() -> None:
-        loss = bits_per_dim(model.log_prob(x_train), n_dims).mean()
+        loss = bits_per_dim(model.training_log_prob(x_train), n_dims).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -191,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
-    parser.add_argument("--families", default="glow", help=f"comma-separated, from: {', '.join(BENCHES)}")
+    parser.add_argument("--families", default=",".join(BENCHES), help=f"comma-separated, from: {', '.join(BENCHES)}")
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--eval-batches", default="64,128,256", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")

@@ -39,6 +39,10 @@ class LikelihoodModel(nn.Module, abc.ABC):
         """The per-sample objective training maximises (nats); a VAE returns its ELBO here."""
         return self.log_prob(x)
 
+    def validation_log_prob(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-sample quantity (nats) the "best" checkpoint is chosen by; a VAE uses its ELBO here."""
+        return self.log_prob(x, noise)
+
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor | None:
         """The `noise` to score `x` with, a function of (seed, index) only, so that a sample's score
         does not depend on batch size, device or process count. None: the model needs no randomness."""

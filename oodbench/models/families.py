@@ -7,6 +7,7 @@ nothing of data or training; `module.LikelihoodModule` wraps any of them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
+from oodbench.models.vae import VAE, VAEConfig
 from oodbench.registry import Registry
 
 
@@ -40,19 +42,30 @@ FAMILIES.add("pixelcnn", ModelFamily(
     "pixelcnn", "PixelCNN++ (Salimans et al. 2017): autoregressive, discretized logistic mixture, exact likelihood",
     PixelCNNConfig, PixelCNN,
 ))
+FAMILIES.add("vae", ModelFamily(
+    "vae", "Convolutional VAE with a 256-way categorical decoder, scored by the importance-weighted bound",
+    VAEConfig, VAE,
+))
 
 
-def model_config(family: str, settings: dict[str, Any] | None = None, *, in_channels: int | None = None,
-                 where: str = "model settings") -> Any:
-    """The family's typed config from user settings; the family's fixed settings win."""
+def model_config(family: str, settings: dict[str, Any] | None = None, *,
+                 image_shape: tuple[int, ...] | None = None, where: str = "model settings") -> Any:
+    """The family's typed config from user settings; the family's fixed settings win. `image_shape`
+    (C, H, W), when given, sets `in_channels`, and `image_size` for families whose network is not
+    fully convolutional (the VAE's fixed-size latent)."""
     spec = FAMILIES.get(family)
     values = dict(settings or {})
     for key, value in spec.fixed.items():
         if key in values and values[key] != value:
             raise OodbenchError(f"{family} fixes {key}={value!r}; remove {key!r} from {where}")
         values[key] = value
-    if in_channels is not None:
-        values["in_channels"] = in_channels
+    if image_shape is not None:
+        channels, height, width = image_shape
+        values["in_channels"] = channels
+        if "image_size" in {f.name for f in dataclasses.fields(spec.config_cls)}:
+            if height != width:
+                raise OodbenchError(f"{family} needs square images; the data is {height}x{width}")
+            values["image_size"] = height
     return from_mapping(spec.config_cls, values, where=f"{where} for {family}")
 
 

@@ -68,7 +68,7 @@ class LikelihoodModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, index = batch
-        loss = self._mean_bpd(self.model.log_prob(x, self._eval_noise(x, index)), x)
+        loss = self._mean_bpd(self.model.validation_log_prob(x, self._eval_noise(x, index)), x)
         self.log("val_bpd", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

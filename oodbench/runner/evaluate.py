@@ -176,6 +176,15 @@ def summary_row(scores: pd.DataFrame, *, run_config: dict[str, Any], pair: Pair,
     return row
 
 
+def _set_iw_samples(module: LikelihoodModule, k: int, run_config: dict[str, Any]) -> None:
+    if not hasattr(module.model, "iw_samples"):
+        raise OodbenchError(f"--iw-samples applies to latent-variable models (vae); this run is a {run_config['model']}, "
+                            "whose likelihood needs no samples: drop --iw-samples")
+    if k < 1:
+        raise OodbenchError(f"bad --iw-samples {k}: must be at least 1 (1 scores the ELBO)")
+    module.model.iw_samples = k
+
+
 def evaluate(request: EvalRequest) -> EvalResult:
     pair = parse_pair(request.pair)
     cfg = request.eval
@@ -187,6 +196,8 @@ def evaluate(request: EvalRequest) -> EvalResult:
     checkpoint = request.run.checkpoint(request.checkpoint)
     module = load_module(checkpoint)
     module.noise_seed = cfg.noise_seed
+    if cfg.iw_samples is not None:
+        _set_iw_samples(module, cfg.iw_samples, run_config)
     sets = _load_sets(pair, run_config, request)
 
     folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))

@@ -150,7 +150,7 @@ def train(request: TrainRequest) -> TrainResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download)
     train_set, val_set = holdout(data, cfg)
-    model_cfg = model_config(request.model, request.model_settings, in_channels=data.shape[0])
+    model_cfg = model_config(request.model, request.model_settings, image_shape=tuple(data.shape))
     module = LikelihoodModule(family=request.model, model_settings=to_plain(model_cfg),
                               train_settings=to_plain(cfg))
     if first_process:
@@ -162,7 +162,7 @@ def train(request: TrainRequest) -> TrainResult:
         })
     if not resuming:
         with torch.no_grad():
-            module.model.log_prob(train_set.tensors[0][:INIT_BATCH])
+            module.model.training_log_prob(train_set.tensors[0][:INIT_BATCH])
 
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=EpochShuffle(len(train_set), cfg.seed),
                               drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,

@@ -1,0 +1,71 @@
+"""The VAE's encoder and decoder: DCGAN-style stacks of strided 4x4 convolutions (Radford et al. 2016),
+as in Xiao et al. (2020)'s VAE.
+
+For an S x S image (S a power of two, at least 8) with base width w:
+    encoder  C -> w (S/2) -> 2w (S/4) -> ... -> w 2^(n-1) at 4x4 -> 4x4 conv -> (mean, log_std) of z
+    decoder  z -> 4x4 transposed conv -> w 2^(n-1) at 4x4 -> ... -> w (S/2) -> C * 256 logits at S x S
+with n = log2(S) - 2 strided stages; batch norm after every inner convolution, leaky ReLU in the
+encoder and ReLU in the decoder (the DCGAN recipe that makes such stacks train at lr 1e-3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from oodbench.models.vae.config import VAEConfig, n_stages
+
+N_LEVELS = 256  # the categorical decoder's classes per sub-pixel
+
+
+class Encoder(nn.Module):
+    """Images scaled to [-1, 1] (B, C, S, S) -> (mean, log_std) of q(z|x), each (B, latent_dim)."""
+
+    def __init__(self, config: VAEConfig, image_size: int) -> None:
+        super().__init__()
+        stages = n_stages(image_size)
+        width = config.base_channels
+        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+        for _ in range(stages - 1):
+            layers += [nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2)]
+            width *= 2
+        layers.append(nn.Conv2d(width, 2 * config.latent_dim, 4))  # 4x4 -> 1x1
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(x).flatten(1).chunk(2, dim=1)
+        return mean, log_std
+
+
+class Decoder(nn.Module):
+    """z (N, latent_dim) -> logits (N, S, S, C, 256) of the 256-way categorical p(x|z) per sub-pixel.
+
+    `body` maps z to features (N, w, S/2, S/2); `head`, the last transposed convolution, maps those to
+    the C * 256 logits (channel c * 256 + level). The head's output is most of the model's compute and
+    memory (786k logits per 3x32x32 image), so it runs channels-last: each sub-pixel's 256 logits are
+    then contiguous, the layout the log-softmax over levels reads fastest.
+    """
+
+    def __init__(self, config: VAEConfig, image_size: int) -> None:
+        super().__init__()
+        stages = n_stages(image_size)
+        self.in_channels = config.in_channels
+        width = config.base_channels * 2 ** (stages - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(config.latent_dim, width, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(width), nn.ReLU()]
+        for _ in range(stages - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU()]
+            width //= 2
+        self.body = nn.Sequential(*layers)
+        self.head = nn.ConvTranspose2d(width, N_LEVELS * config.in_channels, 4, 2, 1)
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z[:, :, None, None])
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.head(features.contiguous(memory_format=torch.channels_last))
+        n, _, height, width = out.shape
+        return out.permute(0, 2, 3, 1).reshape(n, height, width, self.in_channels, N_LEVELS)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(z))

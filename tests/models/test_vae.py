@@ -1,0 +1,246 @@
+"""The VAE: its bounds against a linear-Gaussian model whose log p(x) is closed form (below it,
+tightening with k, exact when q is the true posterior); the categorical decoder against a hand-computed
+log-softmax; IWAE >= ELBO on the same draws; scores independent of the batch; the contract and the
+errors. Tiny shapes, CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from oodbench.errors import OodbenchError
+from oodbench.models import build_model, model_config
+from oodbench.models.base import LikelihoodModel
+from oodbench.models.vae import VAE, VAEConfig
+from oodbench.models.vae import bounds
+from oodbench.scores import bits_per_dim
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the bounds on a model with a known answer ------------------------------------------------------
+
+
+class LinearGaussian:
+    """p(z) = N(0, I_2), p(x|z) = N(W z + b, s^2 I_3): log p(x) = log N(x; b, W W^T + s^2 I) exactly,
+    and the posterior p(z|x) is Gaussian with a closed form too."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.randn(3, 2, generator=g, dtype=F64)
+        self.b = torch.randn(3, generator=g, dtype=F64)
+        self.s = 0.5
+
+    def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
+        cov = self.w @ self.w.T + self.s**2 * torch.eye(3, dtype=F64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        precision = torch.eye(2, dtype=F64) + self.w.T @ self.w / self.s**2
+        cov = torch.linalg.inv(precision)
+        return (x - self.b) @ self.w @ cov.T / self.s**2, cov
+
+    def log_weights(self, x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for diagonal q, z = mean + std * eps; eps (B, k, 2)."""
+        z = mean[:, None] + log_std.exp()[:, None] * eps
+        log_px_z = torch.distributions.Normal(z @ self.w.T + self.b, self.s).log_prob(x[:, None]).sum(-1)
+        return log_px_z + bounds.standard_normal_log_density(z) - bounds.gaussian_log_density(z, mean[:, None], log_std[:, None])
+
+
+def test_iwae_is_below_the_exact_likelihood_and_tightens_with_k():
+    model = LinearGaussian()
+    x = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.1, -0.7]], dtype=F64)
+    exact = model.exact_log_px(x)
+    post_mean, _ = model.posterior(x)
+    # A deliberately imperfect diagonal q: shifted mean, too narrow.
+    mean, log_std = post_mean + 0.4, torch.full_like(post_mean, math.log(0.3))
+    g = torch.Generator().manual_seed(1)
+    replicates = 4000
+    expected = {}
+    for k in (1, 4, 16, 64):
+        eps = torch.randn(2 * replicates, k, 2, generator=g, dtype=F64)
+        log_w = model.log_weights(x.repeat(replicates, 1), mean.repeat(replicates, 1), log_std.repeat(replicates, 1), eps)
+        expected[k] = bounds.iwae_bound(log_w).view(replicates, 2).mean(0)
+    gaps = {k: exact - value for k, value in expected.items()}
+    for k in expected:
+        assert (gaps[k] > 0).all(), (k, gaps[k])  # a lower bound (the MC error is far below the gap)
+    assert (gaps[1] > gaps[4]).all() and (gaps[4] > gaps[16]).all() and (gaps[16] > gaps[64]).all()
+    assert (gaps[64] < 0.25 * gaps[1]).all()
+    # k = 1 is the ELBO, whose expectation is known in closed form: E_q[log p(x|z)] - KL(q || p).
+    assert torch.allclose(expected[1], _closed_form_elbo(model, x, mean, log_std), atol=0.05)
+
+
+def _closed_form_elbo(model: LinearGaussian, x, mean, log_std) -> torch.Tensor:
+    var = (2 * log_std).exp()
+    residual = x - (mean @ model.w.T + model.b)
+    expected_sq = residual.square().sum(-1) + (var @ model.w.T.square()).sum(-1)
+    expected_log_lik = -0.5 * expected_sq / model.s**2 - 3 * (math.log(model.s) + 0.5 * bounds.LOG_2PI)
+    return expected_log_lik - bounds.kl_to_standard_normal(mean, log_std)
+
+
+def test_bounds_are_exact_when_q_is_the_true_posterior():
+    model = LinearGaussian()
+    x = torch.tensor([[0.3, -1.2, 2.0]], dtype=F64)
+    post_mean, post_cov = model.posterior(x)
+    # The posterior is not diagonal in general; rotate W so that it is, keeping p(x) the same.
+    _, eigvec = torch.linalg.eigh(post_cov)
+    model.w = model.w @ eigvec
+    post_mean, post_cov = model.posterior(x)
+    assert torch.allclose(post_cov, torch.diag(torch.diagonal(post_cov)), atol=1e-12)
+    eps = torch.randn(1, 7, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    log_w = model.log_weights(x, post_mean, 0.5 * torch.diagonal(post_cov).log()[None], eps)
+    # Every weight is p(x) itself, so both bounds are exact, for any draw.
+    assert torch.allclose(log_w, model.exact_log_px(x)[:, None].expand(1, 7), atol=1e-10)
+    assert torch.allclose(bounds.iwae_bound(log_w), model.exact_log_px(x), atol=1e-10)
+
+
+def test_densities_and_kl_match_torch_distributions():
+    g = torch.Generator().manual_seed(3)
+    z, mean, log_std = (torch.randn(5, 4, generator=g, dtype=F64) for _ in range(3))
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    standard = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    assert torch.allclose(bounds.gaussian_log_density(z, mean, log_std), normal.log_prob(z).sum(-1))
+    assert torch.allclose(bounds.standard_normal_log_density(z), standard.log_prob(z).sum(-1))
+    assert torch.allclose(bounds.kl_to_standard_normal(mean, log_std),
+                          torch.distributions.kl_divergence(normal, standard).sum(-1))
+
+
+def test_iwae_of_equal_weights_is_that_weight_and_never_below_the_elbo():
+    log_w = torch.randn(6, 9, generator=torch.Generator().manual_seed(4), dtype=F64)
+    assert (bounds.iwae_bound(log_w) >= bounds.elbo_estimate(log_w)).all()
+    same = torch.full((2, 5), -3.0, dtype=F64)
+    assert torch.allclose(bounds.iwae_bound(same), torch.full((2,), -3.0, dtype=F64))
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+
+def _tiny(channels: int = 3, **overrides) -> VAE:
+    torch.manual_seed(0)
+    settings = {"in_channels": channels, "image_size": 8, "base_channels": 4, "latent_dim": 3, "iw_samples": 5, **overrides}
+    return VAE(VAEConfig(**settings)).eval()
+
+
+def _images(batch: int, channels: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_it_is_a_likelihood_model_with_named_parts_and_bound():
+    model = _tiny()
+    assert isinstance(model, LikelihoodModel) and model.part_names == ("elbo", "kl")
+    assert model.bound == "iwae-5"
+    model.iw_samples = 1
+    assert model.bound == "elbo"
+
+
+def test_categorical_decoder_matches_a_hand_computed_log_softmax():
+    model = _tiny(channels=2)
+    x = _images(2, channels=2)
+    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model.decoder(z)  # (N, S, S, C, 256)
+        got = model.reconstruction_log_prob(x, z)
+    want = torch.zeros(2)
+    for n in range(2):
+        for c in range(2):
+            for i in range(8):
+                for j in range(8):
+                    column = logits[n, i, j, c].double()
+                    want[n] += (column[x[n, c, i, j].long()] - torch.logsumexp(column, 0)).float()
+    assert torch.allclose(got, want, rtol=1e-5)
+
+
+def test_iwae_is_at_least_the_elbo_of_the_same_draws_and_k1_is_the_elbo():
+    model = _tiny()
+    x = _images(4)
+    index = torch.arange(4)
+    with torch.no_grad():
+        parts = model.log_prob_parts(x, model.eval_noise(x, index, seed=0))
+        assert (parts["log_px"] >= parts["elbo"] - 1e-4).all()
+        assert (parts["kl"] >= 0).all()
+        model.iw_samples = 1
+        single = model.log_prob_parts(x, model.eval_noise(x, index, seed=0))
+    assert torch.allclose(single["log_px"], single["elbo"], atol=1e-4)
+
+
+def test_draws_depend_on_index_and_seed_only_and_share_a_prefix_across_k():
+    model = _tiny()
+    x = _images(3)
+    noise = model.eval_noise(x, torch.tensor([10, 11, 12]), seed=7)
+    assert noise.shape == (3, 5, 3) and torch.isfinite(noise).all()
+    assert torch.equal(noise[1:2], model.eval_noise(x[:1], torch.tensor([11]), seed=7))
+    assert not torch.equal(noise, model.eval_noise(x, torch.tensor([10, 11, 12]), seed=8))
+    model.iw_samples = 9
+    assert torch.equal(model.eval_noise(x, torch.tensor([10, 11, 12]), seed=7)[:, :5], noise)
+
+
+def test_scores_do_not_depend_on_the_batch_or_the_decode_chunk(monkeypatch):
+    model = _tiny()
+    x = _images(6)
+    index = torch.arange(100, 106)
+    with torch.no_grad():
+        together = model.log_prob_parts(x, model.eval_noise(x, index, seed=0))["log_px"]
+        alone = torch.cat([model.log_prob_parts(x[i:i + 1], model.eval_noise(x[i:i + 1], index[i:i + 1], seed=0))["log_px"]
+                           for i in range(6)])
+        monkeypatch.setattr("oodbench.models.vae.model.DECODE_CHUNK_ELEMENTS", 256 * 3 * 64 * 7)  # 7 decodes a chunk
+        monkeypatch.setattr("oodbench.models.vae.model.CPU_HEAD_CHUNK_ELEMENTS", 256 * 3 * 64 * 2)  # heads 2 at a time
+        chunked = model.log_prob_parts(x, model.eval_noise(x, index, seed=0))["log_px"]
+    assert torch.allclose(together, alone, atol=1e-3)
+    assert torch.allclose(together, chunked, atol=1e-3)
+
+
+def test_untrained_model_is_near_8_bits_and_training_objective_has_gradients():
+    model = _tiny().train()
+    x = _images(4)
+    elbo = model.training_log_prob(x)
+    assert elbo.shape == (4,)
+    assert (bits_per_dim(elbo.detach(), 3 * 64) - 8.0).abs().max() < 0.5
+    elbo.sum().backward()
+    for name in ("encoder", "decoder"):
+        grads = [p.grad for p in getattr(model, name).parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_the_default_and_paper_sizes():
+    assert sum(p.numel() for p in VAE().parameters()) == 1_338_632  # the ~1.3M-parameter reference size
+    paper = VAEConfig.paper()
+    assert (paper.base_channels, paper.latent_dim) == (64, 100)
+
+
+def test_family_takes_its_image_size_from_the_data():
+    config = model_config("vae", {"base_channels": 8}, image_shape=(1, 16, 16))
+    assert (config.in_channels, config.image_size, config.base_channels) == (1, 16, 8)
+    model = build_model("vae", config)
+    with torch.no_grad():
+        assert model.log_prob(_images(2, channels=1, size=16)).shape == (2,)
+    with pytest.raises(OodbenchError, match="square"):
+        model_config("vae", {}, image_shape=(3, 32, 16))
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"image_size": 30}, "power of two"),
+    ({"image_size": 4}, "power of two"),
+    ({"latent_dim": 0}, "latent_dim"),
+    ({"iw_samples": 0}, "iw_samples"),
+    ({"base_channels": 0}, "base_channels"),
+])
+def test_bad_settings_are_refused_by_name(settings, named):
+    with pytest.raises(OodbenchError, match=named):
+        VAEConfig(**settings)
+
+
+def test_rejects_images_it_cannot_score():
+    model = _tiny()
+    for bad in (_images(2, size=16), _images(2, channels=1), _images(2).float()):
+        with pytest.raises(OodbenchError, match="uint8 images"):
+            model.log_prob(bad)
