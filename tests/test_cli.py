@@ -69,7 +69,10 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     table = pd.read_csv(results / "results.csv")
     assert tuple(table.columns) == RESULT_COLUMNS
     assert table.loc[0, "unit"] == "bits/dim" and table.loc[0, "pair"] == "fashionmnist:mnist"
-    assert (results / "results.md").read_text().startswith("# oodbench results")
+    report_md = (results / "results.md").read_text()
+    assert report_md.startswith("# oodbench results")
+    glance = report_md.split("## At a glance")[1].split("##")[0]
+    assert "| family " in glance and "fashionmnist:mnist" in glance and "| glow " in glance
     pngs = list(results.glob("hist_*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
 
@@ -85,6 +88,31 @@ def test_scores_do_not_depend_on_batch_size(trained_run, staged_root, capsys):
 
     a, b = scores(7), scores(64)
     assert (a["bpd"] - b["bpd"]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_vae_trains_and_is_scored_with_the_bound_it_names(tmp_path, staged_root, trained_run, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--model", "vae", "--dataset", "fashionmnist", "--data-root", staged_root,
+                            "--epochs", "1", "--limit-train", "256", "--batch-size", "64", "--runs-dir", tmp_path,
+                            "--quiet", "--set", "base_channels=8", "--set", "latent_dim=8"], capsys)
+    assert code == 0, err
+    run = tmp_path / "vae-fashionmnist-seed0"
+    args = ["evaluate", "--pair", "fashionmnist:mnist", "--run", run, "--data-root", staged_root, "--limit", "40",
+            "--train-sample", "10", "--quiet"]
+    code, _, err = run_cli([*args, "--iw-samples", "4"], capsys)
+    assert code == 0, err
+    folder = run / "eval" / "fashionmnist_vs_mnist"
+    assert json.loads((folder / "metrics.json").read_text())["bound"] == "iwae-4"
+    scores = pd.read_csv(folder / "scores.csv")
+    assert {"elbo", "kl"} <= set(scores.columns) and (scores["log_px"] >= scores["elbo"] - 1e-3).all()
+    code, _, err = run_cli([*args, "--iw-samples", "1"], capsys)
+    assert code == 0, err
+    assert json.loads((folder / "metrics.json").read_text())["bound"] == "elbo"
+    # importance samples mean nothing to a flow
+    code, _, err = run_cli(["evaluate", "--pair", "fashionmnist:mnist", "--run", trained_run, "--data-root", staged_root,
+                            "--iw-samples", "4", "--quiet"], capsys)
+    assert_one_line_error(code, err, 2, "--iw-samples", "glow")
 
 
 def assert_one_line_error(code, err, expected_code=2, *fragments):

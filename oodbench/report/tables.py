@@ -86,6 +86,15 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return table.to_markdown(index=False)
 
 
+def glance_markdown(summary: pd.DataFrame) -> str:
+    """One row per family, one column per pair: the mean AUROC, marked "OOD lower" where the OOD test
+    set gets lower mean bits/dim than the in-distribution test set (the paper's failure)."""
+    cells = summary.assign(cell=[f"{auroc:.2f} OOD lower" if lower else f"{auroc:.2f}"
+                                 for auroc, lower in zip(summary["auroc_mean"], summary["ood_lower_bpd"], strict=True)])
+    table = cells.pivot_table(index="model", columns="pair", values="cell", aggfunc="first", sort=True).fillna("-")
+    return table.reset_index().rename(columns={"model": "family"}).to_markdown(index=False)
+
+
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]) -> str:
     table = frame[["model", "pair", "seed", "bpd_in_train_mean", "bpd_in_test_mean", "bpd_out_test_mean",
                    "auroc", "fpr_at_80_tpr", "ood_lower_bpd"]].copy()
@@ -98,6 +107,10 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "out-of-distribution test set, and how well the BPD score flags the OOD set (OOD = positive class;",
         "AUROC 0.5 = chance, below 0.5 = the OOD set looks *more* in-distribution). Nalisnick et al. (2019)",
         "found the OOD set getting lower BPD for FashionMNIST -> MNIST and CIFAR-10 -> SVHN.",
+        "",
+        "## At a glance: AUROC per family and pair (\"OOD lower\": the OOD set gets lower mean BPD)",
+        "",
+        glance_markdown(summary),
         "",
         "## Per family and pair (mean over seeds, 95% bootstrap interval where there are several)",
         "",

@@ -120,4 +120,8 @@ def test_killed_sweep_resumes_to_identical_results(tmp_path):
 
 def test_repository_profiles_plan(staged_root):
     for name in ("demo", "quick", "paper"):
-        assert cells(load_profile(name, Path(__file__).resolve().parents[2] / "benchmarks.yaml"))
+        profile = load_profile(name, Path(__file__).resolve().parents[2] / "benchmarks.yaml")
+        assert cells(profile)
+        if name != "demo":  # the matrix: every family on every pair
+            assert set(profile.models) == {"glow", "cv-glow", "pixelcnn", "vae"}
+            assert {c.model for c in cells(profile)} == set(profile.models)
