@@ -4,6 +4,13 @@ For each family: training images/s (forward, mean bits/dim loss, backward, Adam 
 size, evaluation images/s under `torch.no_grad()` and `torch.inference_mode()` at several batch
 sizes, and peak memory. Timings are medians over `--steps` timed steps after `--warmup` untimed
 ones. Inputs are random 8-bit images; the models' data-dependent initialisation runs first, untimed.
+Each measurement also records the model's floating-point work per image (torch's FlopCounterMode:
+convolutions and matrix products) and the rate that implies, `achieved_gflops`, to compare with what
+the hardware's convolutions reach at best.
+
+The families: Glow and CV-Glow at L=3, K=8, 128 hidden on 3x32x32; PixelCNN++ at nr_resnet=1, 64
+filters, 10 mixtures on 3x32x32; the VAE (1.34M parameters) with its single-sample bound (`vae`) and
+IWAE-16 (`vae-iwae16`); the sizes issue 3 gives reference speeds for.
 
 Add a family by registering a `BenchSpec` (a builder and an input maker) in `BENCHES`; every family
 is measured by the same `measure` function.
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
@@ -150,6 +158,18 @@ def _cuda_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def _gflop_per_image(model: LikelihoodModel, x: torch.Tensor, *, train: bool) -> float:
+    """Forward (and, for training, backward) floating-point operations per image, in GFLOP."""
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model.training_log_prob(x).sum().backward()
+        else:
+            with torch.no_grad():
+                model.log_prob(x)
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0] / 1e9
+
+
 def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
             eval_batches: list[int], seed: int = 0) -> dict:
     """Training and evaluation throughput and peak memory of one family."""
@@ -178,6 +198,8 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
         torch.cuda.reset_peak_memory_stats(device)
     train = _rate(train_batch, _timed(train_step, device, steps=steps, warmup=warmup))
     train["final_loss_bpd"] = float(losses[-1])
+    train["gflop_per_image"] = _gflop_per_image(model, x_train[:2], train=True)
+    train["achieved_gflops"] = train["gflop_per_image"] * train["images_per_s"]
     train["max_rss_mib_so_far"] = _max_rss_mib()
     train["cuda_peak_mib"] = _cuda_peak_mib(device)
     optimizer.state.clear()  # Adam's moments are not needed for evaluation
@@ -185,7 +207,8 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
 
     # Evaluation: per-sample log-likelihood only, no autograd graph.
     model.eval()
-    evaluation = {}
+    eval_gflop = _gflop_per_image(model, x_train[:2], train=False)
+    evaluation = {"gflop_per_image": eval_gflop}
     for mode, context in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
         rates = []
         for batch in eval_batches:
@@ -199,6 +222,7 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
 
             rate = _rate(batch, _timed(eval_step, device, steps=steps, warmup=warmup))
             rate["cuda_peak_mib"] = _cuda_peak_mib(device)
+            rate["achieved_gflops"] = eval_gflop * rate["images_per_s"]
             rates.append(rate)
         best = max(rates, key=lambda r: r["images_per_s"])
         evaluation[mode] = {"by_batch_size": rates, "best": {"batch_size": best["batch_size"],
