@@ -48,8 +48,8 @@ class VAE(LikelihoodModel):
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or VAEConfig()
-        self.encoder = Encoder(config, config.image_size)
-        self.decoder = Decoder(config, config.image_size)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
         self.iw_samples = config.iw_samples  # evaluation may change it (`oodbench evaluate --iw-samples`)
 
     @property

@@ -21,9 +21,9 @@ N_LEVELS = 256  # the categorical decoder's classes per sub-pixel
 class Encoder(nn.Module):
     """Images scaled to [-1, 1] (B, C, S, S) -> (mean, log_std) of q(z|x), each (B, latent_dim)."""
 
-    def __init__(self, config: VAEConfig, image_size: int) -> None:
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        stages = n_stages(image_size)
+        stages = n_stages(config.image_size)
         width = config.base_channels
         layers: list[nn.Module] = [nn.Conv2d(config.in_channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
         for _ in range(stages - 1):
@@ -46,9 +46,9 @@ class Decoder(nn.Module):
     then contiguous, the layout the log-softmax over levels reads fastest.
     """
 
-    def __init__(self, config: VAEConfig, image_size: int) -> None:
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        stages = n_stages(image_size)
+        stages = n_stages(config.image_size)
         self.in_channels = config.in_channels
         width = config.base_channels * 2 ** (stages - 1)
         layers: list[nn.Module] = [nn.ConvTranspose2d(config.latent_dim, width, 4, 1, 0, bias=False),
