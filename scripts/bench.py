@@ -69,36 +69,29 @@ def _images(channels: int, size: int):
     return make
 
 
+def _spec(description: str, build: Callable[[], LikelihoodModel], config, size: int,
+          eval_batches: tuple[int, ...] | None = None) -> BenchSpec:
+    """A family's bench entry: `config` is its config dataclass, inputs are in_channels x size x size."""
+    shape = [config.in_channels, size, size]
+    return BenchSpec(description=f"{description}, on {'x'.join(map(str, shape))}", build=build,
+                     make_input=_images(config.in_channels, size),
+                     config={**dataclasses.asdict(config), "input_shape": shape}, eval_batches=eval_batches)
+
+
 def _glow_spec(config: GlowConfig, size: int = 32) -> BenchSpec:
-    return BenchSpec(
-        description=(f"Glow ({config.coupling} coupling), L={config.levels}, K={config.steps}, "
-                     f"hidden {config.hidden_channels}, on {config.in_channels}x{size}x{size}"),
-        build=lambda: Glow(config),
-        make_input=_images(config.in_channels, size),
-        config={**dataclasses.asdict(config), "input_shape": [config.in_channels, size, size]},
-    )
+    return _spec(f"Glow ({config.coupling} coupling), L={config.levels}, K={config.steps}, "
+                 f"hidden {config.hidden_channels}", lambda: Glow(config), config, size)
 
 
 def _pixelcnn_spec(config: PixelCNNConfig, size: int = 32) -> BenchSpec:
-    return BenchSpec(
-        description=(f"PixelCNN++, nr_resnet={config.nr_resnet}, {config.nr_filters} filters, "
-                     f"{config.nr_logistic_mix} logistic mixtures, on {config.in_channels}x{size}x{size}"),
-        build=lambda: PixelCNN(config),
-        make_input=_images(config.in_channels, size),
-        config={**dataclasses.asdict(config), "input_shape": [config.in_channels, size, size]},
-    )
+    return _spec(f"PixelCNN++, nr_resnet={config.nr_resnet}, {config.nr_filters} filters, "
+                 f"{config.nr_logistic_mix} logistic mixtures", lambda: PixelCNN(config), config, size)
 
 
 def _vae_spec(config: VAEConfig, eval_batches: tuple[int, ...] | None = None) -> BenchSpec:
-    size = config.image_size
-    return BenchSpec(
-        description=(f"VAE (DCGAN-style, 256-way categorical decoder), {config.base_channels} base channels, "
-                     f"latent {config.latent_dim}, scored with k={config.iw_samples} on {config.in_channels}x{size}x{size}"),
-        build=lambda: VAE(config),
-        make_input=_images(config.in_channels, size),
-        config={**dataclasses.asdict(config), "input_shape": [config.in_channels, size, size]},
-        eval_batches=eval_batches,
-    )
+    return _spec(f"VAE (DCGAN-style, 256-way categorical decoder), {config.base_channels} base channels, "
+                 f"latent {config.latent_dim}, scored with k={config.iw_samples}", lambda: VAE(config), config,
+                 config.image_size, eval_batches)
 
 
 BENCHES: dict[str, BenchSpec] = {
