@@ -1,12 +1,17 @@
-"""OOD detection metrics from per-sample scores; the OOD set is the positive class.
+"""OOD detection metrics from per-sample scores, each in the convention of the literature it is compared with.
 
 A score is "larger = more OOD" (for likelihood models: the bits/dim). Everything rank-based comes
-from scikit-learn; nothing here is hand-rolled and nothing imports a model. Conventions follow
-PAPER.md ("Metrics conventions"):
-- AUROC with OOD as positive: 0.5 is chance, well below 0.5 means the OOD set looks *more* in-distribution.
-- AUPR-in: in-distribution as positive, scored by the negated score; AUPR-out: OOD as positive.
-- FPR@k%TPR: the fraction of in-distribution samples flagged OOD at the threshold that flags k% of
-  the OOD samples (95% as in classifier papers, 80% as in generative-model papers).
+from scikit-learn; nothing imports a model. Conventions (PAPER.md, "Metrics conventions"):
+- AUROC with OOD as the positive class: 0.5 is chance; well below 0.5 means the OOD set looks *more*
+  in-distribution than the in-distribution test set (the failure Nalisnick et al. 2019 report).
+- AUPR-in: in-distribution as positive, ranked by the negated score; AUPR-out: OOD as positive.
+- FPR@95%TPR, the classifier benchmarks' convention (Hendrycks & Gimpel 2017, OpenOOD): the
+  in-distribution set is positive; at the threshold that *accepts* 95% of the in-distribution images,
+  the fraction of OOD images also accepted (lower is better).
+- FPR@80%TPR, the generative-model papers' convention (Ren et al. 2019, Table 1): OOD is positive; at
+  the threshold that *flags* 80% of the OOD images, the fraction of in-distribution images also flagged.
+Both are read off the full ROC curve (`drop_intermediate=False`): scikit-learn's default drops
+collinear points, and with tied scores the first point reaching the TPR can then be the wrong one.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+# TPRs are ratios of counts; a target such as 0.95 must match 19/20 even after float rounding.
+_TPR_SLACK = 1e-12
+
 
 @dataclass(frozen=True)
 class OODMetrics:
     auroc: float
     aupr_in: float
     aupr_out: float
-    fpr_at_95_tpr: float
-    fpr_at_80_tpr: float
+    fpr_at_95_tpr: float  # OOD accepted when 95% of in-distribution is accepted (in-distribution positive)
+    fpr_at_80_tpr: float  # in-distribution flagged when 80% of OOD is flagged (OOD positive)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -39,13 +47,15 @@ def _validated(scores, name: str) -> np.ndarray:
 
 
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float) -> float:
-    """False-positive rate at the first ROC point whose true-positive rate reaches `tpr`."""
-    fpr, tpr_curve, _ = roc_curve(labels, scores)
-    return float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])
+    """The false-positive rate at the first threshold whose true-positive rate reaches `tpr`, where
+    `labels` marks the positives and larger `scores` are predicted positive. Tied scores share one
+    threshold, so the TPR reached there can exceed `tpr`: no point between them exists to pick."""
+    fpr, tpr_curve, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(fpr[np.searchsorted(tpr_curve, tpr - _TPR_SLACK, side="left")])
 
 
 def ood_metrics(in_scores, out_scores) -> OODMetrics:
-    """Metrics for separating `out_scores` (positive) from `in_scores`, larger = more OOD."""
+    """Metrics for separating `out_scores` from `in_scores`, larger = more OOD."""
     s_in, s_out = _validated(in_scores, "in-distribution"), _validated(out_scores, "OOD")
     scores = np.concatenate([s_in, s_out])
     is_ood = np.concatenate([np.zeros(s_in.size, dtype=int), np.ones(s_out.size, dtype=int)])
@@ -53,6 +63,7 @@ def ood_metrics(in_scores, out_scores) -> OODMetrics:
         auroc=float(roc_auc_score(is_ood, scores)),
         aupr_in=float(average_precision_score(1 - is_ood, -scores)),
         aupr_out=float(average_precision_score(is_ood, scores)),
-        fpr_at_95_tpr=fpr_at_tpr(is_ood, scores, 0.95),
+        # Accepting = a low score: the in-distribution set is positive under the negated score.
+        fpr_at_95_tpr=fpr_at_tpr(1 - is_ood, -scores, 0.95),
         fpr_at_80_tpr=fpr_at_tpr(is_ood, scores, 0.80),
     )

@@ -1,4 +1,6 @@
-"""OOD metrics against hand-computed cases and scikit-learn; OOD is the positive class."""
+"""OOD metrics against hand-computed cases (ties included), a brute-force threshold search and
+scikit-learn. AUROC and FPR@80 take OOD as positive (Ren et al. 2019); FPR@95 takes the
+in-distribution set as positive (OpenOOD / Hendrycks & Gimpel: OOD accepted at 95% of ID accepted)."""
 
 import numpy as np
 import pytest
@@ -25,19 +27,61 @@ def test_hand_computed_interleaved_case():
     m = ood_metrics(in_scores, out_scores)
     # Pairs (out > in): 2 + 5 + 8 + 10 = 25 of 40.
     assert m.auroc == pytest.approx(25 / 40)
-    # Flagging all 4 OOD (threshold 2.5) flags in-dist 3..10 = 8 of 10; 80% TPR needs 4 of 4 too.
-    assert m.fpr_at_95_tpr == pytest.approx(0.8)
+    # FPR@95 (ID positive): accepting 95% of 10 ID images means all 10 (score <= 10); OOD accepted: 2.5, 5.5, 8.5.
+    assert m.fpr_at_95_tpr == pytest.approx(3 / 4)
+    # FPR@80 (OOD positive): flagging 80% of 4 OOD images means all 4 (score >= 2.5); ID flagged: 3..10 = 8 of 10.
     assert m.fpr_at_80_tpr == pytest.approx(0.8)
     # AUPR-out: precision at each OOD hit, ranked by score: 11 (1/1), 8.5 (2/4), 5.5 (3/8), 2.5 (4/12).
     assert m.aupr_out == pytest.approx((1 + 2 / 4 + 3 / 8 + 4 / 12) / 4)
 
 
-def test_fpr_at_80_differs_from_95_when_thresholds_differ():
+def test_the_two_fpr_conventions_differ():
     in_scores = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-    out_scores = [1.5, 7.5, 8.5, 9.5, 10.5]  # 4 of 5 (80%) flagged at threshold 7.5 -> in-dist 8, 9 = 0.2
+    out_scores = [1.5, 7.5, 8.5, 9.5, 10.5]
     m = ood_metrics(in_scores, out_scores)
+    # OOD positive: 4 of 5 OOD (80%) flagged at score >= 7.5 -> ID flagged: 8, 9 = 2 of 10.
     assert m.fpr_at_80_tpr == pytest.approx(0.2)
-    assert m.fpr_at_95_tpr == pytest.approx(0.8)  # needs 1.5 -> in-dist 2..9
+    # ID positive: accepting 95% of 10 ID images accepts all (score <= 9) -> OOD accepted: 1.5, 7.5, 8.5 = 3 of 5.
+    # (With OOD as positive, 95% TPR would instead flag all 5 OOD and report ID flagged: 2..9 = 0.8.)
+    assert m.fpr_at_95_tpr == pytest.approx(0.6)
+
+
+def test_fpr_at_80_with_ties_takes_the_exact_threshold():
+    # ID 0..9; OOD with ties among themselves (9, 9) and with ID values (1, 2, 3, 5, ...).
+    in_scores = np.arange(10, dtype=float)
+    out_scores = [1, 2, 3, 5, 6, 7, 8, 9, 9, 10]
+    # Flagging score >= 3 flags 8 of 10 OOD (80%) and ID 3..9 = 7 of 10. scikit-learn's default curve
+    # drops that point as collinear, and the first point past it gave 0.9.
+    assert ood_metrics(in_scores, out_scores).fpr_at_80_tpr == pytest.approx(0.7)
+
+
+def test_fpr_at_95_with_ties_takes_the_exact_threshold():
+    # 20 ID scores with ties: 0 x3, 1 x4, 2, 3 x4, 4 x2, 5 x4, 6, 7; OOD 2, 2, 4, 5, 6, 7.
+    in_scores = [0] * 3 + [1] * 4 + [2] + [3] * 4 + [4] * 2 + [5] * 4 + [6, 7]
+    out_scores = [2, 2, 4, 5, 6, 7]
+    # Accepting score <= 6 accepts 19 of 20 ID (95%); OOD accepted: 2, 2, 4, 5, 6 = 5 of 6.
+    # The default (intermediate points dropped) curve reported 1.0.
+    assert ood_metrics(in_scores, out_scores).fpr_at_95_tpr == pytest.approx(5 / 6)
+
+
+def brute_force_fprs(s_in: np.ndarray, s_out: np.ndarray) -> tuple[float, float]:
+    """FPR@95 and FPR@80 by trying every threshold: the definitions, with no ROC curve involved."""
+    thresholds = np.unique(np.r_[s_in, s_out])
+    # ID positive: the smallest threshold t with P_in(s <= t) >= 0.95; report P_out(s <= t).
+    t95 = min(t for t in thresholds if np.mean(s_in <= t) >= 0.95)
+    # OOD positive: the largest threshold t with P_out(s >= t) >= 0.80; report P_in(s >= t).
+    t80 = max(t for t in thresholds if np.mean(s_out >= t) >= 0.80)
+    return float(np.mean(s_out <= t95)), float(np.mean(s_in >= t80))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fprs_match_a_brute_force_threshold_search_on_tied_scores(seed):
+    rng = np.random.default_rng(seed)
+    s_in = rng.integers(0, 12, rng.integers(20, 200)).astype(float)
+    s_out = rng.integers(3, 15, rng.integers(5, 100)).astype(float)
+    m = ood_metrics(s_in, s_out)
+    fpr95, fpr80 = brute_force_fprs(s_in, s_out)
+    assert m.fpr_at_95_tpr == pytest.approx(fpr95) and m.fpr_at_80_tpr == pytest.approx(fpr80)
 
 
 def test_matches_sklearn_on_random_scores_with_ties():
