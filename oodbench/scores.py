@@ -1,22 +1,17 @@
 """Per-sample OOD scores as pure functions of per-sample statistics; no model lives here.
 
 Convention, written once: a score is "larger = more OOD" (PAPER.md, "Metrics conventions").
-Bits per dimension is computed here and only here.
+Bits per dimension is computed in `oodbench.units` (re-exported here for the scores that use it).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-LN2 = math.log(2.0)
+from oodbench.units import bits_per_dim
 
-
-def bits_per_dim(log_px_nats, n_dims: int):
-    """BPD(x) = -log p(x) / (D ln 2), for log p(x) in nats on 8-bit images (tensor or array)."""
-    return -log_px_nats / (n_dims * LN2)
+__all__ = ["bits_per_dim", "likelihood_score"]
 
 
 def likelihood_score(bpd):

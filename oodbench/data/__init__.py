@@ -9,12 +9,13 @@ prefix (`transforms.py`), the `IN:OUT` pair syntax (`refs.py`) and the loader ty
 
     >>> images = load_images("cifar10", "test", data_root="/work/shared/data")
     >>> images.images.shape, images.images.dtype      # (1017, 3, 32, 32), torch.uint8
+    >>> split_counts("cifar10", "/work/shared/data")    # {'train': 8068, 'test': 1017}; sizes 50000 / 10000
 """
 
 from oodbench.data.cache import cache_dir
 from oodbench.data.datasets import DatasetSpec, get_dataset, list_datasets
 from oodbench.data.imageset import ImageSet
-from oodbench.data.loading import DEMO_ROOT, dataset_availability, load_images
+from oodbench.data.loading import DEMO_ROOT, dataset_availability, load_images, split_counts
 from oodbench.data.refs import DatasetRef, Pair, parse_dataset_ref, parse_pair
 from oodbench.data.transforms import match_channels
 
@@ -32,4 +33,5 @@ __all__ = [
     "match_channels",
     "parse_dataset_ref",
     "parse_pair",
+    "split_counts",
 ]

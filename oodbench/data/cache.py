@@ -5,6 +5,10 @@ split is one `torch.load(mmap=True)` away (milliseconds, whatever its size). A c
 `<cache_dir>/<name>-<split>-<root hash>.pt`, where the hash is of the resolved data root, so two
 roots never share an entry. Each entry records a fingerprint (path, size, mtime) of the files it
 was built from: if those files change, the entry is rebuilt rather than silently served stale.
+It also records the dataset's `recipe` (`DatasetSpec.recipe`: the decode / crop / resize pipeline,
+e.g. CelebA's crop box): an entry whose recipe differs from the current one is never served, not
+even when the source files are gone, so changing a pipeline rebuilds (overwrites) old entries.
+Entries written before recipes existed read as recipe "" (valid only for sets without a recipe).
 
 Entries are written atomically (temporary file in the same folder, then `os.replace`), so an
 interrupted run leaves no half-written entry and concurrent runs never read one.
@@ -53,6 +57,7 @@ class CacheEntry:
     complete: bool  # False when only the first N samples were decoded (a `limit` on a slow source)
     source: str  # where the pixels came from
     fingerprint: str  # of the source files, see `fingerprint`
+    recipe: str = ""  # the dataset's recipe when built, see `DatasetSpec.recipe`
 
 
 def read_entry(path: Path) -> CacheEntry | None:
@@ -63,7 +68,8 @@ def read_entry(path: Path) -> CacheEntry | None:
         # mmap: a 150 MB split "loads" in milliseconds; pages are read as the batches touch them.
         payload = torch.load(path, mmap=True, weights_only=True)
         entry = CacheEntry(images=payload["images"], index=payload["index"], complete=bool(payload["complete"]),
-                           source=str(payload["source"]), fingerprint=str(payload["fingerprint"]))
+                           source=str(payload["source"]), fingerprint=str(payload["fingerprint"]),
+                           recipe=str(payload.get("recipe", "")))
     except Exception:  # noqa: BLE001 - a truncated or foreign file is a cache miss, not the user's problem
         return None
     if entry.images.dtype != torch.uint8 or entry.index.shape != (entry.images.shape[0],):
@@ -81,5 +87,6 @@ def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
 
 def write_entry(path: Path, entry: CacheEntry) -> Path:
     payload = {"images": _own_storage(entry.images), "index": _own_storage(entry.index),
-               "complete": entry.complete, "source": entry.source, "fingerprint": entry.fingerprint}
+               "complete": entry.complete, "source": entry.source, "fingerprint": entry.fingerprint,
+               "recipe": entry.recipe}
     return write_with(path, lambda tmp: torch.save(payload, tmp))

@@ -1,13 +1,17 @@
 """`load_images`: from a dataset reference to an `ImageSet`, via the cache, the data root or a download.
 
 Where pixels come from, in order:
-1. the tensor cache (`cache.py`), when its entry was built from the same files (or they are gone);
+1. the tensor cache (`cache.py`), when its entry was built from the same files (or they are gone)
+   with the dataset's current `recipe` (an entry from another crop / resize is rebuilt);
 2. the data root: the `data_root` argument, else $OODBENCH_DATA, else ~/.cache/oodbench; the
    string "demo" means the subset embedded in the package (`DEMO_ROOT`). Each dataset's layouts
    (`datasets.py`) are tried in order;
 3. torchvision's own download into the data root, only when `download=True`;
 4. otherwise an OodbenchError that names every path searched.
 Synthetic sets (`constant`, `noise`) are generated and never cached.
+
+`dataset_availability` and `split_counts` answer "is it here, and how much of it" without reading
+pixels: from file existence, headers and listings, and the cache's tensor shapes.
 """
 
 from __future__ import annotations
@@ -90,10 +94,16 @@ def _download(spec: DatasetSpec, split: str, root: Path) -> None:
                             "check the connection or put the files under --data-root yourself") from None
 
 
-def _load_real(spec: DatasetSpec, split: str, root: Path, download: bool, limit: int | None) -> tuple[Pixels, str]:
-    found, searched = locate(spec, split, root)
+def _cached(spec: DatasetSpec, split: str, root: Path) -> tuple[Path, cache.CacheEntry | None]:
+    """The cache entry of (spec, split, root) if it exists, is readable and has the current recipe."""
     path = cache.cache_path(spec.name, split, root)
     entry = cache.read_entry(path)
+    return path, entry if entry is not None and entry.recipe == spec.recipe else None
+
+
+def _load_real(spec: DatasetSpec, split: str, root: Path, download: bool, limit: int | None) -> tuple[Pixels, str]:
+    found, searched = locate(spec, split, root)
+    path, entry = _cached(spec, split, root)
     if entry is not None and (entry.complete or (limit is not None and len(entry.index) >= limit)):
         if found is None:  # the source files are gone; the cache still holds the pixels
             return Pixels(entry.images, entry.index, entry.complete), f"{entry.source} (cached in {path})"
@@ -108,7 +118,7 @@ def _load_real(spec: DatasetSpec, split: str, root: Path, download: bool, limit:
     pixels = _read(spec, split, found, limit)
     try:
         cache.write_entry(path, cache.CacheEntry(pixels.images, pixels.index, pixels.complete, found.where,
-                                                 fingerprint))
+                                                 fingerprint, spec.recipe))
     except (OSError, RuntimeError):  # read-only or full cache disk (torch raises RuntimeError): slower next time
         pass
     return pixels, found.where
@@ -145,7 +155,8 @@ def load_images(name: str, split: str, *, data_root: str | Path | None = None, d
 def dataset_availability(name: str, data_root: str | Path | None = None) -> dict[str, str | None]:
     """For each split of `name`: where it would be loaded from (data root, else cache), or None if missing.
 
-    Only checks that files exist; nothing is read or decoded.
+    Only checks that files exist (and, when only the cache has a split, that its entry has the
+    current recipe); nothing is read or decoded.
     """
     spec = get_dataset(parse_dataset_ref(name).base)
     if spec.generate is not None:
@@ -154,6 +165,48 @@ def dataset_availability(name: str, data_root: str | Path | None = None) -> dict
     found: dict[str, str | None] = {}
     for split in spec.splits:
         hit, _ = locate(spec, split, root)
-        path = cache.cache_path(spec.name, split, root)
-        found[split] = hit.where if hit is not None else (f"cache {path}" if path.is_file() else None)
+        if hit is not None:
+            found[split] = hit.where
+        else:
+            path, entry = _cached(spec, split, root)
+            found[split] = f"cache {path}" if entry is not None else None
     return found
+
+
+def _count(spec: DatasetSpec, split: str, root: Path, hit: Found | None) -> int | None:
+    if hit is not None:
+        try:
+            count = hit.count()
+        except Exception:  # noqa: BLE001 - a corrupt header is "unknown" here; loading it names the file
+            count = None
+        if count is not None:
+            return count
+    _path, entry = _cached(spec, split, root)
+    if entry is None or not entry.complete:
+        return None
+    if hit is not None and entry.fingerprint != cache.fingerprint(hit.files):
+        return None  # the files changed since the entry was built: its size says nothing about them
+    return int(entry.images.shape[0])  # mmap'd: the shape is in the file's header
+
+
+def split_counts(name: str, data_root: str | Path | None = None) -> dict[str, int | None]:
+    """How many images each available split of `name` has here, without decoding or reading pixels.
+
+    Keys are the splits `dataset_availability` finds (in the spec's order); a missing split is
+    absent, never None. A value is the number of images `load_images` would return without a
+    `limit`, from file headers (npz, idx, .mat), listings (CelebA, Tiny-ImageNet) or a complete
+    cache entry's tensor shape; None means available but not countable without reading it all
+    (ImageNet32 pickles not yet cached, a file whose header is corrupt, only a partial cache entry).
+    Compare with `get_dataset(name).sizes` to tell a partial copy from a complete one.
+    """
+    spec = get_dataset(parse_dataset_ref(name).base)
+    if spec.generate is not None:
+        return {split: spec.sizes[split] for split in spec.splits}
+    root = resolve_root(data_root)
+    counts: dict[str, int | None] = {}
+    for split in spec.splits:
+        hit, _ = locate(spec, split, root)
+        if hit is None and _cached(spec, split, root)[1] is None:
+            continue
+        counts[split] = _count(spec, split, root, hit)
+    return counts

@@ -15,8 +15,8 @@ import math
 
 import torch
 
-N_BITS = 8
-N_LEVELS = 2**N_BITS
+from oodbench.units import N_LEVELS
+
 LOG_N_LEVELS = math.log(N_LEVELS)  # nats per dimension lost by mapping [0,256) onto [0,1)
 
 _MASK32 = 0xFFFFFFFF

@@ -1,16 +1,21 @@
 """Where real pixels live on disk, and how to read them in bulk.
 
 A *layout* is a function `(root, split) -> Found | Missing`: it only checks that files exist (so
-`dataset_availability` is instant) and, when they do, returns a `Found` whose `read` does the work.
+`dataset_availability` is instant) and, when they do, returns a `Found` whose `read` does the work
+and whose `count` says how many images the split has without reading any pixel (`split_counts`):
+from a file header, a listing or file names; None when that would mean reading everything.
 The layouts here cover files read in bulk:
 
 - `npz_layout`: `<root>/<name>/<split>.npz` with `x` uint8 (N, H, W, C) or (N, H, W), optional `y`
   and `index` (default 0..N-1). The staged CIFAR-10 / SVHN subsets and the embedded demo look so.
+  Counted from the `.npy` header of member `x` inside the zip.
 - `idx_layout`: torchvision's MNIST-family layout, `<root>/<Class>/raw/*-images-idx3-ubyte[.gz]`,
-  read with torchvision's own idx reader.
+  read with torchvision's own idx reader. Counted from the 16-byte idx header.
 - `cifar_layout`, `svhn_layout`: torchvision's CIFAR folders and SVHN `.mat` files, read with
-  torchvision's dataset classes (their `.data` arrays, never item by item).
-- `imagenet32_layout`: the official downsampled-ImageNet pickles (Chrabaszcz et al. 2017).
+  torchvision's dataset classes (their `.data` arrays, never item by item). CIFAR is counted per
+  batch file (torchvision's md5 check admits only the canonical files), SVHN with `scipy.io.whosmat`.
+- `imagenet32_layout`: the official downsampled-ImageNet pickles (Chrabaszcz et al. 2017). Counted
+  only in the `.npz` variant (array headers); a pickle must be unpickled whole, so its count is None.
 
 JPEG folders (CelebA, Tiny-ImageNet) are in `folders.py`.
 """
@@ -22,8 +27,9 @@ import os
 import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +47,19 @@ class Pixels:
     complete: bool = True  # False when the reader stopped early because of a `limit`
 
 
+def unknown_count() -> int | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Found:
     where: str  # human-readable: the file or folder the pixels come from
     files: tuple[Path, ...]  # what the cache fingerprints (files or folders)
     read: Callable[[int | None], Pixels]  # read(limit): limit is a hint slow readers honour
+    # count(): the number of images the split has here, read from headers / listings / file names,
+    # never from pixels; None when it cannot be known without reading everything. It may raise on a
+    # corrupt file (callers such as `split_counts` report that as unknown).
+    count: Callable[[], int | None] = field(default=unknown_count, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -86,12 +100,31 @@ def read_npz(path: Path) -> Pixels:
         return from_numpy(archive["x"], archive["index"] if "index" in archive.files else None)
 
 
+def npz_shape(path: Path, member: str = "x") -> tuple[int, ...]:
+    """The shape of array `member` in an .npz, from its .npy header: no array data is read.
+
+    np.savez / savez_compressed store each array as `<member>.npy` in a zip; opening the member
+    decompresses only the bytes asked for, here the magic string and the header (a few hundred bytes).
+    """
+    with zipfile.ZipFile(path) as archive, archive.open(f"{member}.npy") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _fortran, _dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            # 3.0 differs from 2.0 only in allowing utf-8 in the header (for field names); a shape
+            # is ASCII either way, so the 2.0 reader gets it right.
+            shape, _fortran, _dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"{path}: unsupported .npy format version {version} for {member!r}")
+    return tuple(int(n) for n in shape)
+
+
 def npz_layout(name: str) -> Layout:
     def find(root: Path, split: str) -> Lookup:
         path = root / name / f"{split}.npz"
         if not path.is_file():
             return Missing(str(path))
-        return Found(str(path), (path,), lambda limit: read_npz(path))
+        return Found(str(path), (path,), lambda limit: read_npz(path), count=lambda: npz_shape(path)[0])
 
     return find
 
@@ -128,10 +161,24 @@ def idx_layout(folder: str) -> Layout:
         stem = IDX_IMAGES[split]
         for path in (raw / stem, raw / f"{stem}.gz"):
             if path.is_file():
-                return Found(str(path), (path,), lambda limit, path=path: read_idx_images(path))
+                return Found(str(path), (path,), lambda limit, path=path: read_idx_images(path),
+                             count=lambda path=path: idx_count(path))
         return Missing(str(raw / f"{stem}[.gz]"))
 
     return find
+
+
+IDX_UBYTE_3D = 0x00000803  # idx magic: unsigned bytes, 3 dimensions (count, rows, columns)
+
+
+def idx_count(path: Path) -> int:
+    """The number of images in an idx3-ubyte file ([.gz]), from its 16-byte header (big-endian)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        header = handle.read(16)
+    if len(header) < 16 or int.from_bytes(header[:4], "big") != IDX_UBYTE_3D:
+        raise ValueError(f"{path}: not an idx3-ubyte image file")
+    return int.from_bytes(header[4:8], "big")
 
 
 def read_idx_images(path: Path) -> Pixels:
@@ -141,6 +188,9 @@ def read_idx_images(path: Path) -> Pixels:
 
 
 # --- torchvision's CIFAR folders and SVHN .mat files ------------------------------------------------
+
+CIFAR_SIZES = {"train": 50_000, "test": 10_000}
+
 
 def cifar_layout(cls) -> Layout:
     """`cls` is torchvision.datasets.CIFAR10 or CIFAR100; their `.data` is (N, 32, 32, 3) uint8."""
@@ -152,7 +202,10 @@ def cifar_layout(cls) -> Layout:
         if not all(path.is_file() for path in files):
             return Missing(str(folder))
         # torchvision checks every batch's md5 and raises on a corrupt one; the loader reports it.
-        return Found(str(folder), files, lambda limit: from_numpy(cls(str(root), train=split == "train").data))
+        # So only the canonical files load, and their sizes are known: 50,000 train / 10,000 test
+        # (CIFAR-10: 10,000 per batch file; CIFAR-100: one file per split).
+        return Found(str(folder), files, lambda limit: from_numpy(cls(str(root), train=split == "train").data),
+                     count=lambda: CIFAR_SIZES[split])
 
     return find
 
@@ -164,7 +217,18 @@ def svhn_layout(root: Path, split: str) -> Lookup:
     if not path.is_file():
         return Missing(str(path))
     # torchvision verifies the file's md5 first; its .data is already (N, 3, 32, 32).
-    return Found(str(path), (path,), lambda limit: numbered(torch.from_numpy(SVHN(str(root), split=split).data)))
+    return Found(str(path), (path,), lambda limit: numbered(torch.from_numpy(SVHN(str(root), split=split).data)),
+                 count=lambda: svhn_mat_count(path))
+
+
+def svhn_mat_count(path: Path) -> int:
+    """The number of images in an SVHN .mat file: `X` is (32, 32, 3, N); whosmat reads headers only."""
+    from scipy.io import whosmat
+
+    shapes = {name: shape for name, shape, _cls in whosmat(str(path))}
+    if "X" not in shapes or len(shapes["X"]) != 4:
+        raise ValueError(f"{path}: no 4-d array 'X' (it has {', '.join(shapes) or 'nothing'})")
+    return int(shapes["X"][-1])
 
 
 # --- ImageNet32: the official pickles train_data_batch_1..10 and val_data ----------------------------
@@ -198,6 +262,13 @@ def read_imagenet32(files: tuple[Path, ...], limit: int | None) -> Pixels:
     return Pixels(pixels.images, pixels.index, complete=len(parts) == len(files))
 
 
+def imagenet32_count(files: tuple[Path, ...]) -> int | None:
+    """The `.npz` variant: the sum of the `data` arrays' header shapes; pickles: None (unknown)."""
+    if not all(path.suffix == ".npz" for path in files):
+        return None
+    return sum(npz_shape(path, "data")[0] for path in files)
+
+
 def imagenet32_layout(root: Path, split: str) -> Lookup:
     names = IMAGENET32_FILES[split]
     for folder_name in IMAGENET32_FOLDERS[split]:
@@ -205,5 +276,6 @@ def imagenet32_layout(root: Path, split: str) -> Lookup:
         for suffix in ("", ".npz"):
             files = tuple(folder / f"{name}{suffix}" for name in names)
             if all(path.is_file() for path in files):
-                return Found(str(folder), files, lambda limit, files=files: read_imagenet32(files, limit))
+                return Found(str(folder), files, lambda limit, files=files: read_imagenet32(files, limit),
+                             count=lambda files=files: imagenet32_count(files))
     return Missing(str(root / IMAGENET32_FOLDERS[split][0] / (names[0] + ("..." if len(names) > 1 else ""))))

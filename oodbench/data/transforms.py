@@ -1,4 +1,4 @@
-"""Pixel-level conversions on uint8 image batches: padding, luminance, channel matching, crop-resize.
+"""Pixel-level conversions on uint8 image batches: padding, luminance, channel matching, crop, resize.
 
 All of them take and return uint8 (N, C, H, W) tensors, so a converted set is still exact 8-bit data
 that the models' dequantisation (`quantize.py`) treats like any other. Luminance uses the ITU-R BT.601
@@ -8,6 +8,7 @@ weights (0.299 R + 0.587 G + 0.114 B), the same as PIL's "L" mode, rounded to th
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +71,46 @@ def match_channels(images: ImageSet, channels: int) -> ImageSet:
                                source=f"{images.source} (converted from {have} to {channels} channels)")
 
 
-def center_crop_resize(images: torch.Tensor, size: int, crop: int | None = None) -> torch.Tensor:
-    """Optionally centre-crop to crop x crop, then resize to size x size with antialiasing.
+class Box(NamedTuple):
+    """A crop box in pixels, 0-based: rows top .. top+height-1, columns left .. left+width-1.
+
+    As numpy indexing on an (H, W, C) image: `x[top:top + height, left:left + width]`.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return (f"rows {self.top}-{self.top + self.height - 1}, "
+                f"columns {self.left}-{self.left + self.width - 1}")
+
+
+def crop_box(images: torch.Tensor, box: Box) -> torch.Tensor:
+    """(..., H, W) -> (..., box.height, box.width): exactly the pixels inside `box` (a view).
+
+    Unlike torchvision's crop, a box reaching outside the image is an error, never zero padding.
+    """
+    height, width = images.shape[-2:]
+    if box.top < 0 or box.left < 0 or box.top + box.height > height or box.left + box.width > width:
+        raise ValueError(f"crop box ({box}) does not fit in a {width}x{height} (WxH) image")
+    return images[..., box.top:box.top + box.height, box.left:box.left + box.width]
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize to size x size, bilinear with antialiasing (a no-op, copied contiguous, at that size already).
 
     Antialiasing matters when shrinking 148 -> 32 or 64 -> 32: plain bilinear would alias and give the
     images a high-frequency texture a likelihood model would happily spend bits on.
     """
-    if crop is not None:
-        images = TF.center_crop(images, [crop, crop])
     if tuple(images.shape[-2:]) == (size, size):
         return images.contiguous()
-    return TF.resize(images, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.resize(images.contiguous(), [size, size], interpolation=TF.InterpolationMode.BILINEAR,
+                     antialias=True)
+
+
+def crop_resize(images: torch.Tensor, size: int, box: Box | None = None) -> torch.Tensor:
+    """Optionally crop to `box` (`crop_box`), then resize to size x size with antialiasing (`resize`)."""
+    return resize(images if box is None else crop_box(images, box), size)
+

@@ -17,13 +17,6 @@ from oodbench.data.transforms import luminance
 from oodbench.errors import OodbenchError
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("OODBENCH_CACHE", str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
 def test_mnist_family_from_staged_gz(staged_root, tmp_path, name, folder):
     images = load_images(name, "test", data_root=staged_root)

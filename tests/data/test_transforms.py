@@ -1,4 +1,4 @@
-"""Pixel conversions: the gray: prefix's luminance, channel matching, padding, crop-resize."""
+"""Pixel conversions: the gray: prefix's luminance, channel matching, padding, crop, resize."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oodbench.data import ImageSet, match_channels
-from oodbench.data.transforms import center_crop_resize, gray3, luminance, pad
+from oodbench.data.transforms import Box, crop_box, crop_resize, gray3, luminance, pad
 from oodbench.errors import OodbenchError
 
 
@@ -59,7 +59,28 @@ def test_pad_adds_a_zero_border():
     assert torch.equal(padded[:, :, 2:30, 2:30], images)
 
 
-def test_center_crop_resize_keeps_a_flat_colour():
+def test_crop_resize_keeps_a_flat_colour():
     images = torch.full((3, 3, 218, 178), 200, dtype=torch.uint8)
-    out = center_crop_resize(images, 32, crop=148)
+    out = crop_resize(images, 32, Box(top=40, left=15, height=148, width=148))
     assert out.shape == (3, 3, 32, 32) and out.dtype == torch.uint8 and (out == 200).all()
+    assert crop_resize(out, 32).data_ptr() == out.data_ptr()  # already 32x32: nothing to do
+
+
+def position_image(height: int, width: int) -> torch.Tensor:
+    """(1, 2, H, W) int32: channel 0 holds each pixel's row, channel 1 its column."""
+    rows = torch.arange(height, dtype=torch.int32).view(height, 1).expand(height, width)
+    cols = torch.arange(width, dtype=torch.int32).view(1, width).expand(height, width)
+    return torch.stack([rows, cols])[None]
+
+
+def test_crop_box_keeps_exactly_the_box():
+    out = crop_box(position_image(10, 8), Box(top=2, left=3, height=4, width=5))
+    assert out.shape == (1, 2, 4, 5)
+    assert out[0, 0, :, 0].tolist() == [2, 3, 4, 5] and out[0, 1, 0].tolist() == [3, 4, 5, 6, 7]
+    assert str(Box(2, 3, 4, 5)) == "rows 2-5, columns 3-7"
+
+
+@pytest.mark.parametrize("box", [Box(-1, 0, 4, 4), Box(0, -1, 4, 4), Box(7, 0, 4, 4), Box(0, 5, 4, 4)])
+def test_crop_box_outside_the_image_is_an_error_not_padding(box):
+    with pytest.raises(ValueError, match="does not fit in a 8x10"):
+        crop_box(position_image(10, 8), box)

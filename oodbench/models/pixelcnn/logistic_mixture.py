@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from oodbench.errors import OodbenchError
+from oodbench.units import N_LEVELS  # the 8-bit levels the mixture is discretized to
 
-N_LEVELS = 256
 HALF_BIN = 1.0 / (N_LEVELS - 1)  # half the width of one bin when 256 levels span [-1, 1]
 # Below this the difference of two sigmoids has lost its precision in float32; the reference code then
 # approximates the bin's mass by the density at its centre times the bin width 1/127.5.

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from oodbench.models.vae.config import VAEConfig, n_stages
-
-N_LEVELS = 256  # the categorical decoder's classes per sub-pixel
+from oodbench.units import N_LEVELS  # the categorical decoder's classes per sub-pixel
 
 
 class Encoder(nn.Module):
