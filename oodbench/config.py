@@ -38,43 +38,87 @@ DEFAULT_BENCHMARKS = Path("benchmarks.yaml")
 PACKAGED_BENCHMARKS = Path(__file__).with_name("benchmarks.yaml")
 
 
+class SettingError(OodbenchError):
+    """A setting outside what its field accepts; `from_mapping` and `resolve` say where it came from."""
+
+    def __init__(self, key: str, value: Any, reason: str) -> None:
+        super().__init__(f"bad value {value!r} for {key}: {reason}")
+        self.key, self.value, self.reason = key, value, reason
+
+
+def at_least(minimum: float, default: Any, *, exclusive: bool = False) -> Any:
+    """A dataclass field whose value (unless None) must be >= `minimum` (> with `exclusive`)."""
+    return field(default=default, metadata={"min": minimum, "exclusive": exclusive})
+
+
+def one_of(choices: tuple[Any, ...], default: Any) -> Any:
+    """A dataclass field whose value must be one of `choices`."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def check_fields(config: Any) -> None:
+    """The one check behind every config's `__post_init__`: each field against its `at_least` / `one_of`."""
+    for spec in dataclasses.fields(config):
+        value, meta = getattr(config, spec.name), spec.metadata
+        if value is None:
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            raise SettingError(spec.name, value, f"expected one of {', '.join(map(str, meta['choices']))}")
+        if "min" in meta and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low = meta["min"]
+            if value < low or (meta["exclusive"] and value == low):
+                bound = f"greater than {low}" if meta["exclusive"] else f"at least {low}"
+                raise SettingError(spec.name, value, f"must be {bound}")
+
+
+# Lightning's precisions under which the weights stay float32, so that validation and scoring can run
+# with autocast off and every likelihood is computed in float32 (module.py).
+TRAIN_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained (optimisation and hardware), independent of its architecture."""
 
-    epochs: int | None = 10
-    max_minutes: float | None = None
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" or "adamax" (Glow's paper used both)
-    warmup_steps: int = 200
-    grad_clip_norm: float = 50.0
-    limit_train: int | None = None  # use only the first N training images (CPU-scale runs)
-    val_size: int = 500  # held out from the *end* of the training split, for the "best" checkpoint
+    epochs: int | None = at_least(1, 10)
+    max_minutes: float | None = at_least(0, None, exclusive=True)
+    batch_size: int = at_least(1, 64)
+    lr: float = at_least(0, 1e-3, exclusive=True)
+    optimizer: str = one_of(("adam", "adamax"), "adam")  # Glow's paper used both
+    warmup_steps: int = at_least(0, 200)
+    grad_clip_norm: float = at_least(0, 50.0, exclusive=True)
+    limit_train: int | None = at_least(1, None)  # train on N images of the training split (CPU-scale runs)
+    val_size: int = at_least(0, 500)  # held out from the training split, for the "best" checkpoint
     seed: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
-    precision: str = "32-true"
-    num_workers: int = 0
+    # Training may use mixed precision; the likelihoods that pick the best checkpoint are float32 anyway.
+    precision: str = one_of(TRAIN_PRECISIONS, "32-true")
+    num_workers: int = at_least(0, 0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How a trained model is scored."""
+    """How a trained model is scored. Scoring always runs in float32 (no precision setting)."""
 
-    batch_size: int = 256
-    train_sample: int = 2000  # how many training images to score as the "in-train" set
-    limit: int | None = None  # score only the first N images of each test set
+    batch_size: int = at_least(1, 256)
+    train_sample: int = at_least(1, 2000)  # training images (of those the run trained on) scored as "in-train"
+    limit: int | None = at_least(0, None)  # score only the first N images of each test set
     noise_seed: int = 0  # seeds the per-sample dequantization noise (see data/quantize.py)
     match_channels: bool = False  # convert the OOD set to the model's channel count
-    iw_samples: int | None = None  # importance samples of a VAE's bound; None: the model's own default
+    iw_samples: int | None = at_least(1, None)  # importance samples of a VAE's bound; None: the model's default
     accelerator: str = "auto"
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
-    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -121,7 +165,8 @@ def _accepts(annotation: Any, value: Any) -> bool:
 
 
 def from_mapping(cls: type[C], values: dict[str, Any] | None, *, where: str, base: C | None = None) -> C:
-    """Build (or update `base` of) the frozen dataclass `cls` from a mapping, checking keys and types."""
+    """Build (or update `base` of) the frozen dataclass `cls` from a mapping, checking keys, types and
+    each field's constraints; an error names the key, the value, what it accepts and `where`."""
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
@@ -130,13 +175,20 @@ def from_mapping(cls: type[C], values: dict[str, Any] | None, *, where: str, bas
             raise OodbenchError(f"unknown key {key!r} in {where}; valid keys: {valid}")
         if not _accepts(fields[key].type, value):
             raise OodbenchError(f"bad value {value!r} for {key!r} in {where}: expected {fields[key].type}")
-    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except SettingError as exc:
+        raise OodbenchError(f"bad value {exc.value!r} for {exc.key!r} in {where}: {exc.reason}") from None
 
 
 def resolve(base: C, cli_overrides: dict[str, Any]) -> C:
     """Apply command-line flags (those not None) on top of a profile's or the default configuration."""
     given = {key: value for key, value in cli_overrides.items() if value is not None}
-    return dataclasses.replace(base, **given) if given else base
+    try:
+        return dataclasses.replace(base, **given) if given else base
+    except SettingError as exc:
+        flag = "--" + exc.key.replace("_", "-")
+        raise OodbenchError(f"bad value {exc.value!r} for {flag}: {exc.reason}") from None
 
 
 _PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description"}

@@ -27,16 +27,17 @@ class ModelFamily:
     config_cls: type
     build: Callable[[Any], LikelihoodModel]
     fixed: dict[str, Any] = field(default_factory=dict)  # settings a user cannot override
+    fixed_hint: str = ""  # where to go instead, e.g. the family that has the other value
 
 
 FAMILIES: Registry[ModelFamily] = Registry("model")
 FAMILIES.add("glow", ModelFamily(
     "glow", "Glow (Kingma & Dhariwal 2018): affine coupling, non-volume-preserving",
-    GlowConfig, Glow, fixed={"coupling": "affine"},
+    GlowConfig, Glow, fixed={"coupling": "affine"}, fixed_hint="--model cv-glow is Glow with additive coupling",
 ))
 FAMILIES.add("cv-glow", ModelFamily(
     "cv-glow", "Constant-volume Glow: translation-only coupling, log-det independent of x",
-    GlowConfig, Glow, fixed={"coupling": "additive"},
+    GlowConfig, Glow, fixed={"coupling": "additive"}, fixed_hint="--model glow is Glow with affine coupling",
 ))
 FAMILIES.add("pixelcnn", ModelFamily(
     "pixelcnn", "PixelCNN++ (Salimans et al. 2017): autoregressive, discretized logistic mixture, exact likelihood",
@@ -57,7 +58,11 @@ def model_config(family: str, settings: dict[str, Any] | None = None, *,
     values = dict(settings or {})
     for key, value in spec.fixed.items():
         if key in values and values[key] != value:
-            raise OodbenchError(f"{family} fixes {key}={value!r}; remove {key!r} from {where}")
+            choices = {f.name: f.metadata for f in dataclasses.fields(spec.config_cls)}[key].get("choices", ())
+            invalid = f"bad value {values[key]!r} for {key!r} (expected one of {', '.join(map(str, choices))}); " \
+                if choices and values[key] not in choices else ""
+            hint = f" ({spec.fixed_hint})" if spec.fixed_hint else ""
+            raise OodbenchError(f"{invalid}{family} always uses {key}={value!r}{hint}; drop {key!r} from {where}")
         values[key] = value
     if image_shape is not None:
         channels, height, width = image_shape

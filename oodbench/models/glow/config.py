@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oodbench.errors import OodbenchError
+from oodbench.config import at_least, check_fields, one_of
 
 COUPLINGS = ("affine", "additive")
 
@@ -32,22 +32,16 @@ class GlowConfig:
     actnorm_scale: the standard deviation actnorm's data-dependent initialisation aims for.
     """
 
-    in_channels: int = 3
-    levels: int = 3
-    steps: int = 8
-    hidden_channels: int = 64
-    coupling: str = "affine"
+    in_channels: int = at_least(1, 3)
+    levels: int = at_least(1, 3)
+    steps: int = at_least(1, 8)
+    hidden_channels: int = at_least(1, 64)
+    coupling: str = one_of(COUPLINGS, "affine")
     learn_top: bool = True
-    actnorm_scale: float = 1.0
+    actnorm_scale: float = at_least(0, 1.0, exclusive=True)
 
     def __post_init__(self) -> None:
-        if self.coupling not in COUPLINGS:
-            raise OodbenchError(f"unknown coupling {self.coupling!r}; valid: {', '.join(COUPLINGS)}")
-        for name in ("in_channels", "levels", "steps", "hidden_channels"):
-            if getattr(self, name) < 1:
-                raise OodbenchError(f"GlowConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.actnorm_scale <= 0:
-            raise OodbenchError(f"GlowConfig.actnorm_scale must be positive, got {self.actnorm_scale}")
+        check_fields(self)
 
     @classmethod
     def paper(cls, **overrides) -> GlowConfig:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oodbench.errors import OodbenchError
+from oodbench.config import SettingError, at_least, check_fields, one_of
 
 # The mixture's per-channel autoregression (R -> G -> B) is defined for RGB; grayscale has none.
 SUPPORTED_CHANNELS = (1, 3)
@@ -33,23 +33,17 @@ class PixelCNNConfig:
         ||v||, so the network at initialisation is the same with or without it.
     """
 
-    in_channels: int = 3
-    nr_resnet: int = 1
-    nr_filters: int = 32
-    nr_logistic_mix: int = 5
-    dropout: float = 0.5
+    in_channels: int = one_of(SUPPORTED_CHANNELS, 3)
+    nr_resnet: int = at_least(1, 1)
+    nr_filters: int = at_least(1, 32)
+    nr_logistic_mix: int = at_least(1, 5)
+    dropout: float = at_least(0.0, 0.5)
     weight_norm: bool = True
 
     def __post_init__(self) -> None:
-        if self.in_channels not in SUPPORTED_CHANNELS:
-            raise OodbenchError(
-                f"PixelCNNConfig.in_channels must be 1 or 3 (grayscale or RGB), got {self.in_channels}"
-            )
-        for name in ("nr_resnet", "nr_filters", "nr_logistic_mix"):
-            if getattr(self, name) < 1:
-                raise OodbenchError(f"PixelCNNConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise OodbenchError(f"PixelCNNConfig.dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self)
+        if self.dropout >= 1.0:
+            raise SettingError("dropout", self.dropout, "must be in [0, 1)")
 
     @classmethod
     def paper(cls, **overrides) -> PixelCNNConfig:

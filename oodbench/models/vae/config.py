@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from oodbench.config import at_least, check_fields
 from oodbench.errors import OodbenchError
 
 # How many importance samples `log_px` uses by default. Measured on the demo data (a 6-epoch VAE on
@@ -43,16 +44,14 @@ class VAEConfig:
         at evaluation); 1 scores the single-sample ELBO.
     """
 
-    in_channels: int = 3
+    in_channels: int = at_least(1, 3)
     image_size: int = 32
-    base_channels: int = 32
-    latent_dim: int = 100
-    iw_samples: int = DEFAULT_IW_SAMPLES
+    base_channels: int = at_least(1, 32)
+    latent_dim: int = at_least(1, 100)
+    iw_samples: int = at_least(1, DEFAULT_IW_SAMPLES)
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "base_channels", "latent_dim", "iw_samples"):
-            if getattr(self, name) < 1:
-                raise OodbenchError(f"VAEConfig.{name} must be at least 1, got {getattr(self, name)}")
+        check_fields(self)
         n_stages(self.image_size)  # a clear error now rather than a shape mismatch later
 
     @classmethod
