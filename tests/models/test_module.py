@@ -85,3 +85,40 @@ def test_checkpoint_round_trip_keeps_actnorm_init(tmp_path):
         assert torch.allclose(module.model.log_prob(other, noise), reloaded.model.log_prob(other, noise))
         assert torch.allclose(module.model.log_prob(x, noise), reloaded.model.log_prob(x, noise))
         assert math.isfinite(float(reloaded.model.log_prob(x, noise).mean()))
+
+
+@pytest.mark.parametrize("family, settings", [
+    ("glow", TINY),
+    ("pixelcnn", {"in_channels": 1, "nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 3, "dropout": 0.0}),
+    ("vae", {"in_channels": 1, "image_size": 8, "base_channels": 4, "latent_dim": 4, "iw_samples": 3}),
+])
+def test_scores_and_validation_under_bf16_mixed_equal_float32(family, settings):
+    # A trainer at bf16-mixed runs its steps under bf16 autocast; the likelihoods it reports (predict) and
+    # picks the best checkpoint by (validate) must still be float32. Under autocast they moved by nats.
+    module = LikelihoodModule(family=family, model_settings=settings, train_settings=to_plain(TrainConfig()))
+    x, index = batch(16)
+    with torch.no_grad():
+        module.model.training_log_prob(x)  # actnorm's data-dependent init, for Glow
+    module.eval()
+    loader = DataLoader(TensorDataset(x, index), batch_size=8)
+    with torch.no_grad():
+        reference = module.predict_step((x, index), 0)["log_px"]
+
+    def trainer(precision: str) -> pl.Trainer:
+        return pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
+                          enable_checkpointing=False, enable_model_summary=False)
+
+    predicted = torch.cat([b["log_px"] for b in trainer("bf16-mixed").predict(module, loader)])
+    assert predicted.dtype == torch.float32
+    assert (predicted - reference).abs().max() < 1e-5
+    val_bf16 = trainer("bf16-mixed").validate(module, loader, verbose=False)[0]["val_bpd"]
+    val_fp32 = trainer("32-true").validate(module, loader, verbose=False)[0]["val_bpd"]
+    assert abs(val_bf16 - val_fp32) < 1e-6
+
+
+def test_half_precision_weights_are_refused():
+    from oodbench.config import resolve
+    from oodbench.errors import OodbenchError
+
+    with pytest.raises(OodbenchError, match="bf16-true.*--precision"):
+        resolve(TrainConfig(), {"precision": "bf16-true"})
