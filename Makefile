@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: install ## Main job: train Glow on embedded Fashion-MNIST, score vs MNIST, write results/
-	$(VENV)/bin/oodbench demo --out results
+demo: install ## Main job: train Glow on embedded Fashion-MNIST, score vs MNIST, write results/demo/
+	$(VENV)/bin/oodbench demo
 
 test: install ## The test suite (under 10 minutes on 2 CPU cores)
 	$(PY) -m pytest -q

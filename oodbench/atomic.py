@@ -2,12 +2,14 @@
 
 Everything is written to a temporary file in the destination folder, flushed, then moved into place
 with `os.replace` (atomic on POSIX and Windows within one filesystem). An interrupted run leaves at
-most a stray `.tmp-*` file, never a truncated result.
+most a stray `.tmp-*` file, never a truncated result. Files get the mode the user's umask gives a
+new file (`mkstemp` alone would leave them readable by their owner only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -16,6 +18,14 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from oodbench.errors import OodbenchError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -23,6 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,3 +62,18 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 def write_yaml(path: str | Path, data: Any) -> Path:
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def check_writable(folder: str | Path, option: str) -> Path:
+    """Make sure `folder` can be created and written before any work starts; a one-line error naming
+    the path and the option that chose it otherwise (nothing is left behind either way)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        where = exc.filename or folder
+        raise OodbenchError(f"cannot write to {where} ({reason}); pass a writable folder as {option}") from None
+    return folder

@@ -2,8 +2,10 @@
 function and render the result with rich.
 
 Priority of settings: command-line flag > the `--profile` in benchmarks.yaml > built-in defaults.
-Exit codes: 0 success; 2 bad input (unknown name, malformed pair, missing data, missing or corrupt
-checkpoint, bad option value), printed as one line without a traceback; 1 an unexpected failure.
+Exit codes: 0 success; 2 bad input (unknown name, malformed pair, missing data, missing, corrupt or
+unsafe checkpoint, bad option value, unwritable folder), printed as one line without a traceback; 1 an
+unexpected failure; 130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM, with one line saying what was
+kept and how to resume (rerun the same command).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -22,15 +25,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from oodbench.config import DEFAULT_BENCHMARKS, Profile, load_profile, resolve
-from oodbench.errors import OodbenchError
+from oodbench.errors import Interrupted, OodbenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Do deep generative models know what they don't know? Likelihood-based OOD benchmark.")
-data_app = typer.Typer(no_args_is_help=True, help="Inspect the datasets oodbench knows.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect the datasets oodbench knows.")
 app.add_typer(data_app, name="data")
 
 # Piped output (CI logs, files) gets a width that fits the tables instead of rich's 80 columns.
-_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
@@ -45,7 +48,9 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Training seed.")
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.")]
 AcceleratorOpt = Annotated[Optional[str], typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu...")]
 DevicesOpt = Annotated[Optional[str], typer.Option("--devices", help="Lightning devices: auto, 1, 2, '0,1'...")]
-PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="Lightning precision: 32-true, bf16-mixed...")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="Training precision: 32-true, bf16-mixed, 16-mixed. Likelihoods that are reported or pick "
+    "the best checkpoint are computed in float32 whatever this says.")]
 NodesOpt = Annotated[Optional[int], typer.Option("--num-nodes", help="Lightning nodes.")]
 StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy: auto, ddp...")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
@@ -67,7 +72,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except OodbenchError as exc:
             _fail(str(exc), exc.exit_code)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, Interrupted):
             raise
         except Exception as exc:
             if os.environ.get("OODBENCH_DEBUG"):
@@ -94,21 +99,35 @@ def _model_settings(profile: Profile, model: str, overrides: list[str]) -> dict[
     return settings
 
 
+def _minutes(seconds: Any) -> str:
+    return f"{seconds / 60:.1f} min" if isinstance(seconds, (int, float)) and seconds == seconds else "?"
+
+
 def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """Bits/dim per set and the likelihood score's AUROC / FPR@80%TPR (OOD = positive), one row per result."""
+    """Per result: training, images per set, bits/dim per set and the likelihood score's AUROC / FPR@80%TPR."""
     table = Table(title=title, box=box.SIMPLE_HEAD,
-                  caption="bits/dim per set; AUROC, FPR@80%TPR of the BPD score (OOD = positive)")
+                  caption="bits/dim per set (per dimension of the dataset's own image); AUROC, FPR@80%TPR of the BPD "
+                          "score (OOD = positive)")
     table.add_column("model", no_wrap=True)
     table.add_column("pair (in:out)", no_wrap=True)
-    for column in ("seed", "train", "test", "OOD", "AUROC", "FPR80"):
+    for column in ("seed", "trained", "images train/test/OOD", "BPD train/test/OOD", "AUROC", "FPR80"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("OOD lower?", no_wrap=True)
     for row in rows:
-        lower = row["bpd_out_test_mean"] < row["bpd_in_test_mean"]
-        table.add_row(row["model"], row["pair"], str(row["seed"]), f"{row['bpd_in_train_mean']:.3f}",
-                      f"{row['bpd_in_test_mean']:.3f}", f"{row['bpd_out_test_mean']:.3f}", f"{row['auroc']:.3f}",
-                      f"{row['fpr_at_80_tpr']:.3f}", "[red]yes[/]" if lower else "[green]no[/]")
+        table.add_row(row["model"], row["pair"], str(row["seed"]), f"{row['epochs']} ep, {_minutes(row['train_seconds'])}",
+                      f"{row['n_in_train']:,} / {row['n_in_test']:,} / {row['n_out_test']:,}",
+                      f"{row['bpd_in_train_mean']:.3f} / {row['bpd_in_test_mean']:.3f} / {row['bpd_out_test_mean']:.3f}",
+                      f"{row['auroc']:.3f}", f"{row['fpr_at_80_tpr']:.3f}",
+                      "[red]yes[/]" if row["ood_lower_bpd"] else "[green]no[/]")
     return table
+
+
+def _print_findings(rows: list[dict[str, Any]]) -> None:
+    from oodbench.report import finding
+
+    for row in rows:
+        prefix = f"{row['model']} (seed {row['seed']}): " if len(rows) > 1 else ""
+        console.print(escape(prefix + finding(row)), highlight=False)
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -124,8 +143,10 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after this much time.")] = None,
     batch_size: BatchOpt = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
-    limit_train: Annotated[Optional[int], typer.Option("--limit-train", help="Train on the first N images.")] = None,
-    model_set: Annotated[list[str], typer.Option("--set", help="Model setting KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    limit_train: Annotated[Optional[int], typer.Option(
+        "--limit-train", help="Train on N images of the training split (a fixed random subset).")] = None,
+    model_set: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
+                                                 help="Model setting, e.g. hidden_channels=128 (repeatable).")] = [],  # noqa: B006
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder (default runs/<model>-<dataset>-seed<seed>).")] = None,
     runs_dir: RunsDirOpt = Path("runs"),
     data_root: DataRootOpt = None,
@@ -135,7 +156,9 @@ def train(
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --run-dir from its last checkpoint, e.g. with a larger --epochs. (An "
+        "unfinished run with the same settings resumes without it.)")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run in --run-dir first.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -155,14 +178,27 @@ def train(
         model_settings=_model_settings(chosen, model, model_set),
         run_dir=run_dir or runs_dir / run_name(model, dataset, train_cfg.seed),
         data_root=data_root if data_root is not None else chosen.data_root,
-        download=download, resume=resume, overwrite=overwrite, quiet=quiet,
+        download=download, resume=resume, overwrite=overwrite, quiet=quiet, notify=console.print,
     )
     result = run_training(request)
     if not result.first_process:  # under DDP, one summary line, not one per process
         return
+    console.print(_trained_line(model, dataset, result))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _trained_line(model: str, dataset: str, result: Any) -> str:
+    done = _plural(result.epochs, "epoch")
+    if result.partial_steps:
+        done = (f"{_plural(result.epochs, 'complete epoch')} and {_plural(result.partial_steps, 'step')} of epoch "
+                f"{result.epochs + 1} (stopped by --max-minutes)")
     val = f", best validation {result.val_bpd:.3f} bits/dim" if result.val_bpd is not None else ""
-    console.print(f"trained {model} on {dataset}: {result.epochs} epochs, {result.steps} steps in "
-                  f"{result.seconds:.0f}s{val}; run folder {result.paths.root}")
+    verb = "already trained" if result.already_trained else "trained"
+    return (f"{verb} {model} on {dataset}: {done}, {_plural(result.steps, 'step')} in {result.seconds:.0f}s{val}; "
+            f"run folder {result.paths.root}")
 
 
 @app.command()
@@ -189,10 +225,9 @@ def evaluate(
     devices: DevicesOpt = None,
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
-    precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a trained model on IN train/test and OUT test; write per-sample scores and metrics."""
+    """Score a trained model on IN train/test and OUT test (in float32); write per-sample scores and metrics."""
     from oodbench.data import parse_pair
     from oodbench.runner import EvalRequest, RunPaths, evaluate as run_evaluation, find_run
 
@@ -204,33 +239,42 @@ def evaluate(
     eval_cfg = resolve(chosen.eval_for(model) if model else chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
                                          match_channels=match_channels, iw_samples=iw_samples,
                                          accelerator=accelerator, devices=devices,
-                                         num_nodes=num_nodes, strategy=strategy, precision=precision))
+                                         num_nodes=num_nodes, strategy=strategy))
     result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
                                         download=download, checkpoint=checkpoint, quiet=quiet))
     if result.written:
         console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
+        _print_findings([result.metrics])
         console.print(f"wrote {result.folder}/scores.csv and metrics.json")
 
 
 @app.command()
 @user_errors
 def report(
-    runs: Annotated[list[Path], typer.Option("--runs", help="Run folders' parent (repeatable, to merge shards).")] = [Path("runs")],  # noqa: B006
-    out: Annotated[Path, typer.Option("--out", help="Where results.csv, results.md and figures go.")] = Path("results"),
+    runs: Annotated[list[Path], typer.Option(
+        "--runs", help="A folder of run folders, or a run folder (repeatable, to merge shards); sweeps keep theirs "
+        "in runs/<profile>.")] = [Path("runs")],  # noqa: B006
+    out: Annotated[Path, typer.Option("--out", help="Report folder: results.csv, summary.csv, results.md, figures.")] = Path(
+        "results"),
 ) -> None:
-    """Merge every evaluation into results.csv, results.md and bits/dim histograms."""
+    """Merge the evaluations of the runs in --runs into one report folder."""
     from oodbench.report import write_report
 
     table = write_report(list(runs), out)
-    console.print(_metrics_table(table.to_dict("records"), title="oodbench report"))
-    console.print(f"wrote {out}/results.csv, {out}/results.md and {len(table)} histogram(s)")
+    _show_report(table.to_dict("records"), out, title="oodbench report")
+
+
+def _show_report(rows: list[dict[str, Any]], out: Path, *, title: str) -> None:
+    console.print(_metrics_table(rows, title=title))
+    _print_findings(rows)
+    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md and {len(rows)} histogram(s)")
 
 
 @app.command()
 @user_errors
 def demo(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the demo's runs go.")] = Path("runs/demo"),
-    out: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("results"),
+    out: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("results/demo"),
     config: ConfigOpt = DEFAULT_BENCHMARKS,
     quiet: QuietOpt = False,
 ) -> None:
@@ -268,12 +312,13 @@ def sweep(
 def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: str | None = None,
                shard: str | None = None, dry_run: bool = False, data_root: str | None = None, download: bool = False,
                quiet: bool = False, hardware: dict[str, Any] | None = None) -> None:
+    from oodbench.atomic import check_writable
+    from oodbench.models import model_config
     from oodbench.report import write_report
     from oodbench.runner import sweep as sweeping
 
-    from oodbench.models import model_config
-
     chosen = load_profile(profile, config)
+    check_writable(runs_dir, "--runs-dir")
     for model, model_settings in chosen.models.items():  # a typo fails now, not an hour into the sweep
         model_config(model, model_settings, where=f"{config} (profile {profile!r})")
     hardware = hardware or {}
@@ -293,12 +338,12 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
         elif plan.action != "done":
             console.print(f"[bold]{plan.action} {plan.cell.name}[/] ({len(plan.pairs)} evaluation(s))")
 
-    completed = sweeping.sweep(plans, settings, announce)
+    check_writable(out, "--out")
+    completed = sweeping.sweep(plans, settings, announce, notify=console.print)
     if completed == 0:
         raise OodbenchError("nothing ran: every cell was skipped (see above); put the data under --data-root")
     table = write_report([runs_dir], out)
-    console.print(_metrics_table(table.to_dict("records"), title=f"oodbench sweep --profile {profile}"))
-    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md and {len(table)} histogram(s)")
+    _show_report(table.to_dict("records"), out, title=f"oodbench sweep --profile {profile}")
 
 
 def _plan_table(plans: list[Any], title: str) -> Table:
@@ -315,21 +360,40 @@ def _plan_table(plans: list[Any], title: str) -> Table:
 @data_app.command("list")
 @user_errors
 def data_list(data_root: DataRootOpt = None) -> None:
-    """Each dataset, its image shape, its splits and whether they are available locally."""
-    from oodbench.data import dataset_availability, list_datasets
+    """Each dataset, its image shape, and how many images of each split are here (of the full split)."""
+    from oodbench.data import list_datasets, split_counts
 
-    table = Table(title="oodbench datasets")
-    for column in ("name", "shape (C,H,W)", "splits", "available here", "licence"):
+    table = Table(title="oodbench datasets", caption="images found here / in the full split; shape as the models "
+                  "see it (28x28 grey sets are padded)")
+    for column in ("name", "dataset", "shape (C,H,W)", "images here / full split", "licence"):
         table.add_column(column)
     for spec in list_datasets():
-        found = dataset_availability(spec.name, data_root)
-        status = ", ".join(f"[green]{s}[/]" if where else f"[dim]{s}: missing[/]" for s, where in found.items())
-        table.add_row(spec.name, "x".join(map(str, spec.shape)), ", ".join(spec.splits), status, spec.licence)
+        found = split_counts(spec.name, data_root)
+        cells = []
+        for split in spec.splits:
+            full = spec.sizes.get(split)
+            if split not in found:
+                cells.append(f"[dim]{split}: missing[/]")
+                continue
+            have = found[split]
+            colour = "green" if have is not None and have == full else "yellow"
+            count = "?" if have is None else f"{have:,}"
+            cells.append(f"[{colour}]{split} {count}[/]" + (f" / {full:,}" if full and have != full else ""))
+        table.add_row(spec.name, spec.title, "x".join(map(str, spec.shape)), ", ".join(cells), spec.licence)
     console.print(table)
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    # Later signals while the first unwinds (Lightning's teardown, a file being moved into place) are ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the app and turns usage errors (unknown option, bad value) into one line, exit 2."""
+    """Entry point: runs the app and turns usage errors (unknown option, bad value) into one line, exit 2,
+    and SIGINT / SIGTERM into one line saying what was kept, exit 130 / 143."""
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = app(args=argv, prog_name="oodbench", standalone_mode=False)
     except typer.Exit as exc:
@@ -337,6 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err_console.print("[bold red]aborted[/]")
         code = 130
+    except Interrupted as stop:
+        if not stop.detail:
+            stop.detail = "nothing half-written was left; rerun the same command to carry on"
+        err_console.print(f"[bold yellow]{escape(str(stop))}[/]", highlight=False, soft_wrap=True)
+        code = stop.exit_code
     except Exception as exc:
         # click's usage errors (vendored inside newer Typer releases) carry a message and an exit code.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
@@ -344,4 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/] {escape(exc.format_message())} (see `oodbench --help`)", highlight=False,
                           soft_wrap=True)
         code = exc.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(code if isinstance(code, int) else 0)

@@ -45,7 +45,7 @@ from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
 from oodbench.runner.lightning import tune_glibc_malloc
-from oodbench.scores import bits_per_dim
+from oodbench.units import bits_per_dim
 
 THREADS = 2  # the target machine: 2 CPU cores
 LR = 1e-4  # small, so that random-noise "data" cannot make training diverge mid-benchmark

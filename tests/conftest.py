@@ -16,9 +16,21 @@ def staged_root() -> Path:
     return STAGED_ROOT
 
 
+USER_CACHE = Path.home() / ".cache" / "oodbench"
+
+
+def _listing(folder: Path) -> set[tuple[str, int]]:
+    return {(str(p), p.stat().st_mtime_ns) for p in folder.rglob("*")} if folder.is_dir() else set()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_tensor_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Point OODBENCH_CACHE at a per-session folder: tests never write to ~/.cache, and share decodes."""
+    """Point OODBENCH_CACHE (and the default data root) at per-session folders: tests share decodes and
+    never write to the user's ~/.cache/oodbench, which is checked when the session ends."""
+    before = _listing(USER_CACHE)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OODBENCH_CACHE", str(tmp_path_factory.mktemp("oodbench-cache")))
+        patch.setenv("OODBENCH_DATA", str(tmp_path_factory.mktemp("no-default-data")))
         yield
+    written = sorted(_listing(USER_CACHE) - before)
+    assert not written, f"tests wrote into {USER_CACHE}: {written[:5]}"

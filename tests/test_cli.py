@@ -4,12 +4,19 @@ with a one-line message and nothing half-written."""
 from __future__ import annotations
 
 import json
+import math
+import re
+import os
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from oodbench.cli import main
 from oodbench.report import RESULT_COLUMNS
+
+LN2, LN256 = math.log(2), math.log(256)
 
 TINY = ["--set", "levels=2", "--set", "steps=2", "--set", "hidden_channels=16"]
 
@@ -54,14 +61,16 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     scores = pd.read_csv(folder / "scores.csv")
     assert scores["set"].value_counts().to_dict() == {"in_train": 200, "in_test": 300, "out_test": 300}
     assert list(scores.columns[:8]) == ["set", "dataset", "split", "index", "log_px", "bpd", "log_pz", "logdet"]
-    # log_px = log_pz + logdet - D ln 256, and bits/dim follows from log_px (both rounded to 6 decimals).
-    d = 32 * 32
-    assert (scores["log_pz"] + scores["logdet"] - d * 5.545177444479562 - scores["log_px"]).abs().max() < 1e-2
-    assert (scores["bpd"] + scores["log_px"] / (d * 0.6931471805599453)).abs().max() < 1e-5
+    # The model sees the 28x28 images padded to 32x32: the flow's density is over 1,024 dimensions, so
+    # log_px = log_pz + logdet - 1024 ln 256. Bits/dim is per dimension of the image itself: 784.
+    assert (scores["log_pz"] + scores["logdet"] - 1024 * LN256 - scores["log_px"]).abs().max() < 1e-2
+    assert (scores["bpd"] + scores["log_px"] / (784 * LN2)).abs().max() < 1e-5
     assert scores.groupby("set")["index"].apply(lambda s: s.is_monotonic_increasing).all()
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["n_out_test"] == 300
-    assert "AUROC" in out
+    assert metrics["bpd_dims"] == 784 and metrics["n_out_test"] == 300 and metrics["n_train"] == 256
+    assert metrics["out_dataset"] == "mnist" and metrics["out_split"] == "test" and metrics["epochs"] == 1
+    assert metrics["bpd_out_test_mean"] == pytest.approx(scores.loc[scores["set"] == "out_test", "bpd"].mean(), abs=1e-5)
+    assert "AUROC" in out and "MNIST test images get" in out and "Fashion-MNIST" in out
 
     results = tmp_path / "results"
     code, out, err = run_cli(["report", "--runs", trained_run.parent, "--out", results], capsys)
@@ -71,10 +80,34 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     assert table.loc[0, "unit"] == "bits/dim" and table.loc[0, "pair"] == "fashionmnist:mnist"
     report_md = (results / "results.md").read_text()
     assert report_md.startswith("# oodbench results")
+    assert "MNIST test images get" in report_md.split("## Findings")[1].split("##")[0]
     glance = report_md.split("## At a glance")[1].split("##")[0]
     assert "| family " in glance and "fashionmnist:mnist" in glance and "| glow " in glance
+    assert "200 / 300 / 300" in report_md.split("## Per run")[1]  # images per set
     pngs = list(results.glob("hist_*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
+    assert "summary.csv" in out
+    assert sorted(json.loads((results / "report.json").read_text())["files"]) == sorted(
+        ["results.csv", "summary.csv", "results.md", pngs[0].name])
+
+
+@pytest.mark.slow
+def test_in_train_holds_only_images_the_run_trained_on(trained_run, staged_root, capsys):
+    # The run trained on 256 images (--limit-train) of the 60,000; asking for 1,000 in-train images gets those
+    # 256 and no others (before: the first 1,000 of the split, most never trained on).
+    code, _, err = run_cli(["evaluate", "--pair", "fashionmnist:mnist", "--run", trained_run, "--data-root", staged_root,
+                            "--limit", "20", "--train-sample", "1000", "--quiet"], capsys)
+    assert code == 0, err
+    with np.load(trained_run / "splits.npz") as splits:
+        trained, validated = splits["train_index"], splits["val_index"]
+    assert len(trained) == 256 and len(validated) == 500 and not set(trained) & set(validated)
+    scores = pd.read_csv(trained_run / "eval" / "fashionmnist_vs_mnist" / "scores.csv")
+    in_train = scores.loc[scores["set"] == "in_train", "index"].to_numpy()
+    assert sorted(in_train) == sorted(trained)
+    metrics = json.loads((trained_run / "eval" / "fashionmnist_vs_mnist" / "metrics.json").read_text())
+    assert metrics["n_in_train"] == 256 and metrics["n_train"] == 256
+    # The trained images are a seeded random subset of the split, not its first 256.
+    assert trained.max() > 1000
 
 
 @pytest.mark.slow
@@ -139,11 +172,161 @@ def assert_one_line_error(code, err, expected_code=2, *fragments):
     (["evaluate", "--pair", "fashionmnist:mnist"], ["--run", "--model"]),
     (["report", "--runs", "nonexistent-folder"], ["nonexistent-folder"]),
     (["bogus-command"], ["bogus-command"]),
+    # A fixed setting given anyway names what the key accepts and where the other value lives.
+    (["train", "--model", "glow", "--dataset", "mnist", "--set", "coupling=banana"],
+     ["'banana'", "affine, additive", "glow always uses coupling='affine'", "cv-glow"]),
+    (["train", "--model", "glow", "--dataset", "mnist", "--set", "coupling=additive"], ["cv-glow"]),
+    # A bad value names the key and what it accepts, not an internal class.
+    (["train", "--model", "glow", "--dataset", "mnist", "--set", "hidden_channels=-5"],
+     ["bad value -5 for 'hidden_channels'", "at least 1"]),
+    (["train", "--model", "glow", "--dataset", "mnist", "--precision", "bf16-true"], ["--precision", "bf16-mixed"]),
+    (["evaluate", "--pair", "fashionmnist:mnist", "--model", "glow", "--precision", "bf16-mixed"], ["--precision"]),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragments, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, 2, *fragments)
+    assert "Config." not in err  # GlowConfig.hidden_channels and friends are internal names
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "report", "sweep", "demo", "data list"])
+def test_help_wraps_instead_of_cutting(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli([*command.split(), "--help"], capsys)
+    assert code == 0 and "\u2026" not in out  # rich's ellipsis cut option help at 80 columns
+    if command == "train":
+        assert "runs/<model>-<dataset>-seed<seed>" in out and "KEY=VALUE" in out
+
+
+def test_unwritable_folders_are_bad_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["train", "--model", "glow", "--dataset", "fashionmnist", "--data-root", "demo", "--epochs",
+                            "1", "--run-dir", blocker / "run", "--quiet"], capsys)
+    assert_one_line_error(code, err, 2, str(blocker), "--run-dir")
+    code, _, err = run_cli(["sweep", "--profile", "demo", "--runs-dir", blocker / "runs", "--quiet"], capsys)
+    assert_one_line_error(code, err, 2, str(blocker), "--runs-dir")
+
+
+def test_hardware_the_machine_lacks_is_bad_input_and_blocks_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "glow", "--dataset", "fashionmnist", "--data-root", "demo", "--epochs", "1",
+            "--limit-train", "64", "--batch-size", "32", "--quiet", *TINY]
+    code, _, err = run_cli([*args, "--accelerator", "gpu"], capsys)
+    assert_one_line_error(code, err, 2, "--accelerator gpu")
+    run = tmp_path / "runs" / "glow-fashionmnist-seed0"
+    assert not (run / "config.yaml").exists()
+    code, _, err = run_cli(args, capsys)  # the next try is not blocked by what the failed one left
+    assert code == 0, err
+
+
+def test_a_folder_without_a_checkpoint_is_started_afresh_and_resume_needs_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "glow-fashionmnist-seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("dataset: fashionmnist\n")  # what a start killed before its first epoch left
+    args = ["train", "--model", "glow", "--dataset", "fashionmnist", "--data-root", "demo", "--epochs", "1",
+            "--limit-train", "64", "--batch-size", "32", "--quiet", *TINY]
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert_one_line_error(code, err, 2, "no checkpoint to resume")
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "trained glow on fashionmnist: 1 epoch" in out
+    code, out, err = run_cli(args, capsys)  # the same command again: nothing to do, and it says so
+    assert code == 0 and "already trained" in out
+    code, _, err = run_cli([*args, "--lr", "0.01"], capsys)
+    assert_one_line_error(code, err, 2, "other settings", "lr", "--overwrite")
+
+
+class RunsCode:
+    """Pickles as a call to os.system: what a malicious checkpoint does on an unsafe load."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(trained_run, staged_root, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    crafted = tmp_path / "crafted"
+    shutil.copytree(trained_run, crafted, ignore=shutil.ignore_patterns("eval"))
+    marker = tmp_path / "code-ran"
+    for ckpt in (crafted / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)
+        state["extra"] = RunsCode(marker)
+        torch.save(state, ckpt)
+    code, _, err = run_cli(["evaluate", "--pair", "fashionmnist:mnist", "--run", crafted, "--quiet"], capsys)
+    assert_one_line_error(code, err, 2, "could run code", "refusing")
+    (crafted / "trained.json").unlink()  # an unfinished run resumes from its last.ckpt: refused the same way
+    code, _, err = run_cli(["train", "--model", "glow", "--dataset", "fashionmnist", "--run-dir", crafted, "--epochs", "2",
+                            "--data-root", staged_root, "--limit-train", "256", "--batch-size", "64", "--quiet", *TINY],
+                           capsys)
+    assert_one_line_error(code, err, 2, "could run code")
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_data_list_counts_the_images_of_each_split(staged_root, capsys):
+    code, out, err = run_cli(["data", "list", "--data-root", staged_root], capsys)
+    assert code == 0, err
+    cifar = next(line for line in out.splitlines() if line.strip().startswith("│ cifar10 ") or " cifar10 " in line[:20])
+    assert "8,068 / 50,000" in cifar and "1,017 / 10,000" in cifar
+    mnist = next(line for line in out.splitlines() if " mnist " in line[:12])
+    assert "60,000" in mnist and "10,000" in mnist and "/ 60,000" not in mnist  # complete: no "of the full split"
+
+
+@pytest.mark.slow
+def test_report_covers_exactly_its_runs(trained_run, staged_root, tmp_path, capsys):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run, runs / trained_run.name)
+    # A sweep's runs live one level down (runs/<profile>/<run>): another benchmark, not part of this report.
+    shutil.copytree(trained_run, runs / "demo" / trained_run.name)
+    run = runs / trained_run.name
+    for pair in ("fashionmnist:mnist", "fashionmnist:kmnist"):
+        code, _, err = run_cli(["evaluate", "--pair", pair, "--run", run, "--data-root", staged_root, "--limit", "50",
+                                "--train-sample", "20", "--quiet"], capsys)
+        assert code == 0, err
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    code, out, err = run_cli(["report", "--runs", runs, "--out", out_dir], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out_dir / "results.csv")
+    assert len(table) == 2 and set(table["run"]) == {str(run)}
+    assert len(list(out_dir.glob("hist_*.png"))) == 2
+    shutil.rmtree(run / "eval" / "fashionmnist_vs_kmnist")
+    code, out, err = run_cli(["report", "--runs", runs, "--out", out_dir], capsys)
+    assert code == 0, err
+    assert len(pd.read_csv(out_dir / "results.csv")) == 1
+    figures = list(out_dir.glob("hist_*.png"))
+    assert len(figures) == 1 and "kmnist" not in figures[0].name  # the stale figure went with its result
+    assert (out_dir / "notes.txt").read_text() == "mine"  # what oodbench did not write stays
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["report", "--runs", runs, "--out", blocker / "results"], capsys)
+    assert_one_line_error(code, err, 2, str(blocker), "--out")
+
+
+def test_result_files_follow_the_umask(tmp_path):
+    from oodbench.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.csv", "x")
+        os.umask(0o077)
+        write_text(tmp_path / "b.csv", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o600
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, capsys, monkeypatch):
@@ -181,17 +364,25 @@ def test_pair_must_match_the_run_and_channels(trained_run, staged_root, capsys):
     assert_one_line_error(code, err, 2, "channels", "--match-channels")
 
 
-def test_existing_run_is_not_overwritten_silently(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run = tmp_path / "runs" / "glow-mnist-seed0"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("dataset: mnist\n")
-    code, _, err = run_cli(["train", "--model", "glow", "--dataset", "mnist", "--quiet"], capsys)
-    assert_one_line_error(code, err, 2, "--resume", "--overwrite")
-
-
 def test_help_lists_commands(capsys):
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
     for command in ("train", "evaluate", "report", "demo", "data"):
         assert command in out
+
+
+def test_piped_progress_is_one_line_per_epoch_and_a_time_budget_counts_steps(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "glow", "--dataset", "fashionmnist", "--data-root", "demo", "--limit-train", "128",
+            "--batch-size", "32", *TINY]
+    code, out, err = run_cli([*args, "--epochs", "2"], capsys)  # stdout is not a terminal here
+    assert code == 0, err
+    ends = [line for line in out.splitlines() if " done in " in line]
+    assert [line.split(" done")[0] for line in ends] == ["epoch 1/2", "epoch 2/2"]  # counted from 1, of 2
+    assert all("train_bpd" in line and "val_bpd" in line and len(line) < 100 for line in ends)
+    assert "2 epochs, 8 steps" in out
+    # A time budget alone: no "Epoch 0/-2", and a cut-short epoch is not counted as one.
+    code, out, err = run_cli([*args, "--max-minutes", "0.0005", "--run-dir", tmp_path / "budget"], capsys)
+    assert code == 0, err
+    assert re.search(r"epoch 1 stopped after \d of 4 batches", out), out
+    assert re.search(r"0 complete epochs and \d steps? of epoch 1 \(stopped by --max-minutes\)", out), out

@@ -1,8 +1,9 @@
 """Across seeds: the mean and a 95% bootstrap interval of every metric (`summary.csv`).
 
-One row per (model, in_dataset, out_dataset, score); for each metric M the columns M_mean, M_lo and
-M_hi. The interval is scipy's percentile bootstrap over the seeds; with a single seed there is no
-spread to resample, so lo and hi are left empty rather than pretending to a zero-width interval.
+One row per setup (model, datasets and splits, every setting but the seed: `setup`) and score; for
+each metric M the columns M_mean, M_lo and M_hi. The interval is scipy's percentile bootstrap over the
+seeds; with a single seed there is no spread to resample, so lo and hi are left empty rather than
+pretending to a zero-width interval.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap
 
-SUMMARY_KEYS = ("model", "in_dataset", "out_dataset", "pair", "score", "bound")
+from oodbench.schema import ood_gets_lower_bpd
+
+SUMMARY_KEYS = ("model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "setup", "score", "bound")
 SUMMARY_METRICS = ("bpd_in_train_mean", "bpd_in_test_mean", "bpd_out_test_mean", "auroc", "aupr_in", "aupr_out",
                    "fpr_at_95_tpr", "fpr_at_80_tpr")
 N_RESAMPLES = 2000
@@ -35,6 +38,6 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         row["n_seeds"] = int(group["seed"].nunique())
         for metric in SUMMARY_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_interval(group[metric].to_numpy())
-        row["ood_lower_bpd"] = bool(row["bpd_out_test_mean_mean"] < row["bpd_in_test_mean_mean"])
+        row["ood_lower_bpd"] = ood_gets_lower_bpd(row["bpd_in_test_mean_mean"], row["bpd_out_test_mean_mean"])
         rows.append(row)
     return pd.DataFrame(rows)

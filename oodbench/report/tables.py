@@ -1,19 +1,15 @@
-"""`oodbench report`: merge every evaluation's metrics row into `results.csv` and `results.md`.
+"""`oodbench report`: merge the evaluations of some runs into `results.csv`, `summary.csv`, `results.md`
+and one bits/dim histogram per result, in a report folder that holds exactly what the report covers.
 
-`results.csv` has exactly the columns in `RESULT_COLUMNS`, in that order (documented in README.md):
+Which runs: the run folders directly inside each `--runs` folder (or `--runs` itself when it is a run
+folder), never folders further down: `runs/` and `runs/demo/` are different benchmarks, and merging
+them would count unrelated runs as seeds of one experiment. Seeds are grouped by `setup` (a hash of
+every setting but the seed; `schema.RunRecord.setup`), so runs of different settings never merge.
 
-| column | meaning |
-|---|---|
-| model, in_dataset, out_dataset, pair, seed | what was trained on what, scored against what |
-| score | the OOD score the metrics are of (`likelihood`: the bits/dim, larger = more OOD) |
-| unit | `bits/dim` = -log p(x) / (D ln 2) on 8-bit images |
-| discretization | how log p(x) of the 8-bit image was obtained (dequantization or exact) |
-| bound | which quantity log p(x) is: `exact`, `dequantized` (a one-draw estimate of the dequantization bound), `elbo`, `iwae-<k>` |
-| n_in_train, n_in_test, n_out_test | number of images scored per set |
-| bpd_<set>_mean, bpd_<set>_std | bits/dim mean and sample standard deviation per set |
-| auroc, aupr_in, aupr_out, fpr_at_95_tpr, fpr_at_80_tpr | OOD metrics (OOD = positive class; see metrics.py) |
-| ood_lower_bpd | True when the OOD test set gets *lower* mean bits/dim than the in-distribution test set |
-| run, checkpoint | the run folder and checkpoint the row came from |
+`results.csv` has exactly the columns of `schema.RESULT_COLUMNS`, in that order (README.md explains
+each). The report folder's `report.json` lists the files this report wrote; files that a previous
+report listed and this one does not (figures of runs no longer reported) are removed, and files
+oodbench did not write are left alone.
 """
 
 from __future__ import annotations
@@ -23,29 +19,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from oodbench.atomic import write_text, write_with
+from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
 from oodbench.report.figures import bpd_histogram
+from oodbench.report.findings import finding
 from oodbench.report.summary import summarize
+from oodbench.schema import RESULT_COLUMNS
 
-SETS = ("in_train", "in_test", "out_test")
-RESULT_COLUMNS = (
-    "model", "in_dataset", "out_dataset", "pair", "seed", "score", "unit", "discretization", "bound",
-    *(f"n_{s}" for s in SETS),
-    *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
-    "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr", "ood_lower_bpd",
-    "run", "checkpoint",
-)
+MANIFEST = "report.json"
+
+
+def run_folders(runs_dirs: list[Path]) -> list[Path]:
+    """The run folders a report covers: each --runs folder's children that are runs, or itself if it is one."""
+    runs: set[Path] = set()
+    for root in map(Path, runs_dirs):
+        if not root.is_dir():
+            raise OodbenchError(f"runs folder {root} does not exist; pass --runs DIR (where `oodbench train` wrote runs)")
+        if (root / "config.yaml").is_file():
+            runs.add(root)
+        else:
+            runs.update(child for child in root.iterdir() if (child / "config.yaml").is_file())
+    return sorted(runs)
 
 
 def metric_files(runs_dirs: list[Path]) -> list[Path]:
-    """Every `eval/<pair>/metrics.json` below the given folders (several folders merge shards)."""
-    files: set[Path] = set()
-    for root in runs_dirs:
-        if not Path(root).is_dir():
-            raise OodbenchError(f"runs folder {root} does not exist; pass --runs DIR (where `oodbench train` wrote runs)")
-        files.update(p for p in Path(root).rglob("metrics.json") if p.parent.parent.name == "eval")
-    return sorted(files)
+    """Every `eval/<pair>/metrics.json` of the covered runs (several --runs folders merge shards)."""
+    return sorted(path for run in run_folders(runs_dirs) for path in run.glob("eval/*/metrics.json"))
 
 
 def collect_results(runs_dirs: list[Path]) -> pd.DataFrame:
@@ -55,18 +54,18 @@ def collect_results(runs_dirs: list[Path]) -> pd.DataFrame:
             row = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             raise OodbenchError(f"{path} is not a readable metrics file; re-run `oodbench evaluate` for it") from None
-        row["ood_lower_bpd"] = bool(row["bpd_out_test_mean"] < row["bpd_in_test_mean"])
+        missing = [c for c in RESULT_COLUMNS if c not in row]
+        if missing:
+            raise OodbenchError(f"{path} was written by an older oodbench (no {missing[0]!r}); re-run `oodbench evaluate` "
+                                "for it, or leave its run out of --runs")
         row["_folder"] = str(path.parent)
         rows.append(row)
     if not rows:
-        raise OodbenchError(
-            f"no evaluation results under {', '.join(map(str, runs_dirs))}; run `oodbench evaluate --pair IN:OUT` first"
-        )
+        looked = ", ".join(map(str, runs_dirs))
+        raise OodbenchError(f"no evaluation results in the run folders of {looked} (runs of a sweep are one level "
+                            "further down, e.g. --runs runs/quick); run `oodbench evaluate --pair IN:OUT` first")
     frame = pd.DataFrame(rows)
-    missing = [c for c in RESULT_COLUMNS if c not in frame]
-    if missing:
-        raise OodbenchError(f"metrics files under {runs_dirs[0]} lack columns {missing}; re-run `oodbench evaluate`")
-    return frame.sort_values(["model", "in_dataset", "out_dataset", "seed"]).reset_index(drop=True)
+    return frame.sort_values(["model", "in_dataset", "out_dataset", "out_split", "seed", "setup"]).reset_index(drop=True)
 
 
 def _with_interval(row: pd.Series, metric: str) -> str:
@@ -80,7 +79,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         "seeds": summary["n_seeds"],
         **{label: summary.apply(_with_interval, axis=1, metric=metric) for label, metric in (
             ("BPD in-test", "bpd_in_test_mean"), ("BPD OOD-test", "bpd_out_test_mean"), ("AUROC", "auroc"),
-            ("FPR@80%TPR", "fpr_at_80_tpr"))},
+            ("FPR@95%TPR", "fpr_at_95_tpr"), ("FPR@80%TPR", "fpr_at_80_tpr"))},
         "OOD gets lower BPD": summary["ood_lower_bpd"],
     })
     return table.to_markdown(index=False)
@@ -95,11 +94,22 @@ def glance_markdown(summary: pd.DataFrame) -> str:
     return table.reset_index().rename(columns={"model": "family"}).to_markdown(index=False)
 
 
+def per_run_markdown(frame: pd.DataFrame) -> str:
+    table = pd.DataFrame({
+        "model": frame["model"], "pair (in:out)": frame["pair"], "seed": frame["seed"], "epochs": frame["epochs"],
+        "train time": [f"{s / 60:.1f} min" if pd.notna(s) else "?" for s in frame["train_seconds"]],
+        "images trained on": frame["n_train"],
+        "images in-train / in-test / OOD": [f"{a} / {b} / {c}" for a, b, c in
+                                             zip(frame["n_in_train"], frame["n_in_test"], frame["n_out_test"], strict=True)],
+        "BPD in-train": frame["bpd_in_train_mean"], "BPD in-test": frame["bpd_in_test_mean"],
+        "BPD OOD-test": frame["bpd_out_test_mean"], "AUROC": frame["auroc"], "FPR@80%TPR": frame["fpr_at_80_tpr"],
+        "OOD gets lower BPD": frame["ood_lower_bpd"],
+    })
+    return table.to_markdown(index=False, floatfmt=".3f")
+
+
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]) -> str:
-    table = frame[["model", "pair", "seed", "bpd_in_train_mean", "bpd_in_test_mean", "bpd_out_test_mean",
-                   "auroc", "fpr_at_80_tpr", "ood_lower_bpd"]].copy()
-    table.columns = ["model", "pair (in:out)", "seed", "BPD in-train", "BPD in-test", "BPD OOD-test",
-                     "AUROC", "FPR@80%TPR", "OOD gets lower BPD"]
+    dims = ", ".join(f"{d:,}" for d in sorted(frame["bpd_dims"].unique()))
     lines = [
         "# oodbench results",
         "",
@@ -107,6 +117,10 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "out-of-distribution test set, and how well the BPD score flags the OOD set (OOD = positive class;",
         "AUROC 0.5 = chance, below 0.5 = the OOD set looks *more* in-distribution). Nalisnick et al. (2019)",
         "found the OOD set getting lower BPD for FashionMNIST -> MNIST and CIFAR-10 -> SVHN.",
+        "",
+        "## Findings",
+        "",
+        *(f"- {row['model']} (seed {row['seed']}): {finding(row)}" for row in frame.to_dict("records")),
         "",
         "## At a glance: AUROC per family and pair (\"OOD lower\": the OOD set gets lower mean BPD)",
         "",
@@ -118,7 +132,13 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "",
         "## Per run",
         "",
-        table.to_markdown(index=False, floatfmt=".3f"),
+        per_run_markdown(frame),
+        "",
+        f"Bits/dim is per dimension of the training dataset's own image ({dims} dimensions; 28x28 grey sets are "
+        "padded to 32x32 for the models, and the padding is not counted). FPR@95%TPR: the fraction of OOD images "
+        "accepted at the threshold that accepts 95% of the in-distribution test images (classifier benchmarks' "
+        "convention); FPR@80%TPR: the fraction of in-distribution test images flagged at the threshold that flags "
+        "80% of the OOD images (Ren et al. 2019).",
         "",
         f"Discretization: {'; '.join(sorted(frame['discretization'].unique()))}.",
         "",
@@ -128,20 +148,34 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
     return "\n".join(lines) + "\n"
 
 
+def _remove_stale(out_dir: Path, written: list[str]) -> None:
+    """Delete what the previous report in `out_dir` wrote and this one did not."""
+    try:
+        previous = json.loads((out_dir / MANIFEST).read_text()).get("files", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return
+    for name in set(previous) - set(written):
+        if "/" not in name and name != MANIFEST:  # only plain names in the folder itself
+            (out_dir / name).unlink(missing_ok=True)
+
+
 def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     """Write results.csv, summary.csv (mean and 95% bootstrap interval over seeds), results.md and one
-    bits/dim histogram per result row; return the per-run table."""
+    bits/dim histogram per result row; return the per-run table (with the `_folder` it came from)."""
     frame = collect_results(runs_dirs)
-    out_dir = Path(out_dir)
+    out_dir = check_writable(out_dir, "--out")
     figures = {}
     for i, row in frame.iterrows():
-        name = f"hist_{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}.png"
-        bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / name,
-                      title=f"{row['model']} trained on {row['in_dataset']}")
+        name = f"hist_{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}_{row['setup'][:6]}.png"
+        bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / name, row=row.to_dict())
         figures[i] = name
-    table = frame[list(RESULT_COLUMNS)]
-    write_with(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
+    write_with(out_dir / "results.csv", lambda tmp: frame[list(RESULT_COLUMNS)].to_csv(tmp, index=False,
+                                                                                       float_format="%.6f"))
     summary = summarize(frame)
     write_with(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
     write_text(out_dir / "results.md", markdown(frame, summary, figures))
-    return table
+    written = ["results.csv", "summary.csv", "results.md", *figures.values()]
+    _remove_stale(out_dir, written)
+    write_json(out_dir / MANIFEST, {"runs": sorted({str(Path(f).parent.parent) for f in frame["_folder"]}),
+                                    "files": written})
+    return frame

@@ -1,11 +1,12 @@
 """Where a run keeps its files. One folder per (model, dataset, seed):
 
     runs/glow-fashionmnist-seed0/
-      config.yaml                 the resolved configuration (model, data, training, versions)
-      trained.json                written when training finished (epochs, steps, best validation BPD)
-      checkpoints/last.ckpt       the most recent checkpoint (resuming starts here)
+      config.yaml                 the run record (schema.RunRecord: model, data, training, versions)
+      splits.npz                  dataset indices of the images trained on and validated on
+      trained.json                written when training finished (epochs, steps, best validation BPD, seconds)
+      checkpoints/last.ckpt       the most recent epoch-end checkpoint (resuming starts here)
       checkpoints/best.ckpt       lowest validation bits/dim
-      logs/metrics.csv            per-epoch (and per-step) log from Lightning's CSV logger
+      logs/metrics.csv            one row per complete epoch (runner/callbacks.py, EpochLog)
       eval/<in>_vs_<out>/         scores.csv (per sample), metrics.json (one row), config.yaml
 """
 
@@ -42,6 +43,10 @@ class RunPaths:
         return self.root / "trained.json"
 
     @property
+    def splits(self) -> Path:
+        return self.root / "splits.npz"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -56,6 +61,10 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def epoch_log(self) -> Path:
+        return self.logs / "metrics.csv"
 
     def eval_dir(self, in_name: str, out_name: str) -> Path:
         return self.root / "eval" / f"{slug(in_name)}_vs_{slug(out_name)}"

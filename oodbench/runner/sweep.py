@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from oodbench.config import EvalConfig, Profile, TrainConfig, resolve
 from oodbench.data import dataset_availability, parse_dataset_ref, parse_pair
-from oodbench.errors import OodbenchError
+from oodbench.errors import Interrupted, OodbenchError
 from oodbench.runner.evaluate import EvalRequest, evaluate
 from oodbench.runner.layout import RunPaths, run_name
 from oodbench.runner.train import TrainRequest, train
@@ -139,19 +139,22 @@ class SweepSettings:
         return dataclasses.replace(resolve(self.profile.train_for(cell.model), self.hardware), seed=cell.seed)
 
     def eval_for(self, cell: Cell) -> EvalConfig:
-        return resolve(self.profile.eval_for(cell.model), self.hardware)
+        # Scoring has no precision setting (it always runs in float32): pass on only what it has.
+        known = {f.name for f in dataclasses.fields(EvalConfig)}
+        return resolve(self.profile.eval_for(cell.model), {k: v for k, v in self.hardware.items() if k in known})
 
 
-def run_cell(plan: CellPlan, settings: SweepSettings) -> int:
+def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], None] = lambda message: None) -> int:
     """Train (or resume) and evaluate one cell; returns the number of evaluations written."""
     cell = plan.cell
     paths = RunPaths(settings.runs_dir / cell.name)
     if plan.action in ("train", "resume"):
+        # `train` resumes an unfinished run with the same settings by itself (a killed sweep, rerun).
         train(TrainRequest(
             model=cell.model, dataset=cell.dataset, run_dir=paths.root,
             train=settings.train_for(cell),
             model_settings=settings.profile.models.get(cell.model, {}), data_root=settings.data_root,
-            download=settings.download, resume=True, quiet=settings.quiet,
+            download=settings.download, quiet=settings.quiet, notify=notify,
         ))
     for pair in plan.pairs:
         evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval_for(cell), data_root=settings.data_root,
@@ -159,13 +162,19 @@ def run_cell(plan: CellPlan, settings: SweepSettings) -> int:
     return len(plan.pairs)
 
 
-def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[CellPlan], None]) -> int:
+def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[CellPlan], None],
+          notify: Callable[[str], None] = lambda message: None) -> int:
     """Run every plan that has work; returns how many cells ran or were already complete."""
     completed = 0
     for plan in plans:
         announce(plan)
         if plan.action != "skip":
-            run_cell(plan, settings)
+            try:
+                run_cell(plan, settings, notify)
+            except Interrupted as stop:
+                stop.detail = f"in cell {plan.cell.name}: {stop.detail}" if stop.detail else f"in cell {plan.cell.name}"
+                stop.detail += "; finished cells are kept" if completed else ""
+                raise
             completed += 1
     return completed
 

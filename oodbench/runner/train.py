@@ -1,39 +1,57 @@
 """`oodbench train`: fit one model family on one dataset and leave a run folder (see layout.py).
 
-The validation set is held out from the end of the training split, so test sets stay untouched
-for evaluation. Actnorm's data-dependent initialisation runs on a fixed batch before fitting, so
-every DDP process starts from identical parameters.
+Which images: a fixed permutation of the training split (the same for every training seed, so all
+seeds of a setup validate on the same images) holds out its first `val_size` images (at most a fifth)
+for validation and the "best" checkpoint, and trains on the next `limit_train` (or all the rest). A
+slice from the start or the end of the split would be biased where files are sorted by class, as
+Tiny-ImageNet's training folder is. The dataset indices of both parts are recorded in `splits.npz`,
+so that evaluation's "in-train" set holds only images the model was trained on.
+
+Rerunning the same command is always safe:
+- a folder with no checkpoint (nothing, or a start that failed or was killed before the first epoch
+  ended) is started afresh;
+- an unfinished run (a checkpoint, no `trained.json`) with the same settings resumes from its last
+  epoch-end checkpoint, which replays exactly what an uninterrupted run computes;
+- a finished run with the same settings is left as it is.
+`--resume` continues a run that has a checkpoint, e.g. with a larger `--epochs`; `--overwrite` starts over.
+
+Actnorm's data-dependent initialisation runs on a fixed batch before fitting, so every DDP process
+starts from identical parameters.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import oodbench
-from oodbench.atomic import write_json, write_yaml
+from oodbench import failpoints
+from oodbench.atomic import check_writable, write_json
 from oodbench.config import TrainConfig, to_plain
-from oodbench.data import ImageSet, load_images, parse_dataset_ref
-from oodbench.errors import OodbenchError
+from oodbench.data import get_dataset, load_images, parse_dataset_ref
+from oodbench.errors import Interrupted, OodbenchError
 from oodbench.models.families import model_config
 from oodbench.models.module import LikelihoodModule
+from oodbench.runner.callbacks import EpochLog, Failpoints, checkpoint_progress
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.lightning import make_trainer
+from oodbench.schema import BUDGET_KEYS, RunRecord, write_splits
 
 INIT_BATCH = 256  # images for actnorm's data-dependent initialisation (Glow used 512)
+SPLIT_SEED = 0  # the validation hold-out's permutation: one for every training seed
 
 
 class EpochShuffle(Sampler[int]):
@@ -57,11 +75,13 @@ class EpochShuffle(Sampler[int]):
 @dataclass(frozen=True)
 class TrainResult:
     paths: RunPaths
-    epochs: int  # epochs completed
+    epochs: int  # complete epochs
     steps: int  # optimizer steps taken
     val_bpd: float | None  # best validation bits/dim, if there was a validation set
-    seconds: float
+    seconds: float  # training time over every session of the run
+    partial_steps: int = 0  # steps of an epoch that --max-minutes cut short
     first_process: bool = True  # False on DDP processes other than global zero
+    already_trained: bool = False  # the run was complete before this call; nothing ran
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,10 @@ class TrainRequest:
     model_settings: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
     download: bool = False
-    resume: bool = False
+    resume: bool = False  # continue a run that has a checkpoint, possibly with a larger budget
     overwrite: bool = False
     quiet: bool = False
+    notify: Callable[[str], None] = field(default=lambda message: None, compare=False)
 
 
 def versions() -> dict[str, str]:
@@ -83,87 +104,117 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def holdout(data: ImageSet, cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset | None]:
-    """(train, validation) datasets of (uint8 images, index): validation is the last `val_size` images."""
-    n = len(data)
+def holdout(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) positions into a split of `n` images, each sorted; see the module docstring."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_val = min(cfg.val_size, n // 5)
-    n_train = n - n_val
-    if cfg.limit_train is not None:
-        n_train = min(n_train, cfg.limit_train)
+    rest = order[n_val:]
+    n_train = min(len(rest), cfg.limit_train) if cfg.limit_train is not None else len(rest)
     if n_train < 1:
-        raise OodbenchError(f"{data.name} has too few training images ({n}) to train on")
-    train_set = TensorDataset(data.images[:n_train], data.index[:n_train])
-    val_set = TensorDataset(data.images[n - n_val:], data.index[n - n_val:]) if n_val else None
-    return train_set, val_set
-
-
-def _prepare_run_dir(request: TrainRequest, paths: RunPaths) -> None:
-    existing = paths.config.is_file() or paths.checkpoints.exists()
-    if existing and request.overwrite:
-        for sub in (paths.checkpoints, paths.logs, paths.root / "eval"):
-            shutil.rmtree(sub, ignore_errors=True)
-        paths.config.unlink(missing_ok=True)
-        paths.trained.unlink(missing_ok=True)
-    elif existing and not request.resume:
-        raise OodbenchError(
-            f"run folder {paths.root} already holds a run; pass --resume to continue it or --overwrite to start over"
-        )
+        raise OodbenchError(f"too few training images ({n}) to train on")
+    return rest[:n_train].sort().values, order[:n_val].sort().values
 
 
 def _loggers(paths: RunPaths) -> list:
-    """The per-epoch CSV log, plus TensorBoard's event files when tensorboard is installed."""
-    loggers: list = [CSVLogger(save_dir=paths.root, name="logs", version="")]
-    if importlib.util.find_spec("tensorboard") is not None:
-        loggers.append(TensorBoardLogger(save_dir=paths.root, name="logs", version="tensorboard"))
-    return loggers
+    """TensorBoard's event files when tensorboard is installed; the per-epoch CSV is `EpochLog`'s."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return []
+    return [TensorBoardLogger(save_dir=paths.root, name="logs", version="tensorboard")]
 
 
-def _max_time(cfg: TrainConfig) -> dict[str, Any]:
+def _limits(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.epochs is None and cfg.max_minutes is None:
         raise OodbenchError("give --epochs or --max-minutes (or both) to bound training")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise OodbenchError(f"bad --epochs {cfg.epochs}: must be at least 1")
-    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
-        raise OodbenchError(f"bad --max-minutes {cfg.max_minutes}: must be positive")
     limits: dict[str, Any] = {"max_epochs": cfg.epochs if cfg.epochs is not None else -1}
     if cfg.max_minutes is not None:
         limits["max_time"] = timedelta(minutes=cfg.max_minutes)
     return limits
 
 
+def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str | None:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key} is {a!r} there, {b!r} now"
+    return None
+
+
+def _clear(paths: RunPaths) -> None:
+    for sub in (paths.checkpoints, paths.logs, paths.root / "eval"):
+        shutil.rmtree(sub, ignore_errors=True)
+    for path in (paths.config, paths.trained, paths.splits):
+        path.unlink(missing_ok=True)
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """Complete epochs in a checkpoint (read through mmap: only the few bytes needed)."""
+    try:
+        return checkpoint_progress(torch.load(path, mmap=True, weights_only=True, map_location="cpu"))[0]
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported when it is loaded
+        return 0
+
+
+def _plan(request: TrainRequest, paths: RunPaths, record: RunRecord) -> str:
+    """"fresh", "resume" or "done" for this folder and request (first process only); see the module docstring."""
+    has_checkpoint = paths.last.is_file()
+    if request.overwrite or not has_checkpoint:
+        if request.resume and not request.overwrite:
+            raise OodbenchError(f"--resume: {paths.root} has no checkpoint to resume from; drop --resume to start "
+                                "the run")
+        return "fresh"
+    old = RunRecord.read(paths.config)
+    difference = _first_difference(old.learning_settings(), record.learning_settings())
+    if difference:
+        raise OodbenchError(f"run folder {paths.root} holds a run with other settings ({difference}); pass "
+                            "--overwrite to start over, or another --run-dir")
+    if not paths.trained.is_file() or request.resume:
+        return "resume"
+    budget_changed = any(old.train.get(k) != record.train.get(k) for k in BUDGET_KEYS)
+    if budget_changed:
+        raise OodbenchError(f"run {paths.root} is already trained ({old.train.get('epochs')} epochs); pass --resume "
+                            "with the new --epochs/--max-minutes to train it further, or --overwrite to retrain")
+    return "done"
+
+
+def _finished(paths: RunPaths) -> TrainResult:
+    done = json.loads(paths.trained.read_text())
+    return TrainResult(paths=paths, epochs=int(done["epochs"]), steps=int(done["steps"]), val_bpd=done.get("val_bpd"),
+                       seconds=float(done["seconds"]), partial_steps=int(done.get("partial_steps", 0)),
+                       already_trained=True)
+
+
 def train(request: TrainRequest) -> TrainResult:
-    started = time.perf_counter()
     cfg = request.train
-    limits = _max_time(cfg)
-    if cfg.batch_size < 1:
-        raise OodbenchError(f"bad batch size {cfg.batch_size}: must be at least 1")
+    limits = _limits(cfg)
     ref = parse_dataset_ref(request.dataset)
     model_config(request.model, request.model_settings)  # bad names and settings fail before any data loads
     paths = RunPaths(Path(request.run_dir))
-    resuming = request.resume and paths.last.is_file()
-    # Under DDP every process runs this function; only the first prepares the folder and writes the config
+    check_writable(paths.root, "--run-dir")
+    # Under DDP every process runs this function; only the first decides, prepares the folder and writes
     # (Lightning re-launches the command for the other ranks, which then find the folder already made).
     first_process = rank_zero_only.rank == 0
-    if first_process:
-        _prepare_run_dir(request, paths)
+
+    data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download)
+    train_pos, val_pos = holdout(len(data), cfg)
+    train_set = TensorDataset(data.images[train_pos], data.index[train_pos])
+    val_set = TensorDataset(data.images[val_pos], data.index[val_pos]) if len(val_pos) else None
+    model_cfg = model_config(request.model, request.model_settings, image_shape=tuple(data.shape))
+    record = RunRecord(
+        model=request.model, dataset=request.dataset, seed=cfg.seed, data_root=request.data_root,
+        data_source=data.source, image_shape=tuple(data.shape), data_shape=get_dataset(ref.base).native_shape,
+        n_train=len(train_set), n_val=len(val_set) if val_set else 0, model_settings=to_plain(model_cfg),
+        train=to_plain(cfg), versions=versions())
+    plan = _plan(request, paths, record) if first_process else ("resume" if paths.last.is_file() else "fresh")
+    if plan == "done":
+        return _finished(paths)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download)
-    train_set, val_set = holdout(data, cfg)
-    model_cfg = model_config(request.model, request.model_settings, image_shape=tuple(data.shape))
-    module = LikelihoodModule(family=request.model, model_settings=to_plain(model_cfg),
-                              train_settings=to_plain(cfg))
-    if first_process:
-        write_yaml(paths.config, {
-            "model": request.model, "dataset": request.dataset, "seed": cfg.seed,
-            "data_root": request.data_root, "data_source": data.source, "image_shape": list(data.shape),
-            "n_train": len(train_set), "n_val": len(val_set) if val_set else 0,
-            "model_settings": to_plain(model_cfg), "train": to_plain(cfg), "versions": versions(),
-        })
-    if not resuming:
-        with torch.no_grad():
-            module.model.training_log_prob(train_set.tensors[0][:INIT_BATCH])
-
+    module = LikelihoodModule(family=request.model, model_settings=to_plain(model_cfg), train_settings=to_plain(cfg),
+                              bpd_dims=record.bpd_dims)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=EpochShuffle(len(train_set), cfg.seed),
                               drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                               pin_memory=torch.cuda.is_available())
@@ -171,24 +222,53 @@ def train(request: TrainRequest) -> TrainResult:
     # `last.ckpt` after every epoch (Lightning keeps the most recent when nothing is monitored): resuming
     # from an epoch end is exact, see EpochShuffle and LikelihoodModule.on_train_batch_start; a kill
     # mid-epoch repeats that epoch identically. `best.ckpt` follows the validation bits/dim.
-    callbacks = [ModelCheckpoint(dirpath=paths.checkpoints, filename="last", save_top_k=1, enable_version_counter=False)]
+    epoch_log = EpochLog(paths.epoch_log)
+    callbacks: list[pl.Callback] = [epoch_log, ModelCheckpoint(
+        dirpath=paths.checkpoints, filename="last", save_top_k=1, enable_version_counter=False)]
+    best_checkpoint = None
     if val_loader is not None:
-        callbacks.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_bpd", mode="min",
-                                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
+        best_checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_bpd", mode="min",
+                                          save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+        callbacks.append(best_checkpoint)
+    if failpoints.armed():
+        callbacks.append(Failpoints(resuming=plan == "resume"))
+    # Built before anything is written: hardware this machine lacks fails here, leaving the folder as it was.
     trainer = make_trainer(
         root=paths.root, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=cfg.precision, quiet=request.quiet, callbacks=callbacks,
         logger=_loggers(paths), gradient_clip_val=cfg.grad_clip_norm,
         gradient_clip_algorithm="norm", log_every_n_steps=10, deterministic=False, **limits,
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(paths.last) if resuming else None)
+    if first_process:
+        if plan == "fresh":
+            _clear(paths)
+        else:
+            request.notify(f"resuming {paths.root} after epoch {_checkpoint_epoch(paths.last)}")
+            paths.trained.unlink(missing_ok=True)  # a run trained further is unfinished until it ends again
+        record.write(paths.config)
+        write_splits(paths.splits, train_index=train_set.tensors[1].numpy(),
+                     val_index=val_set.tensors[1].numpy() if val_set else torch.empty(0, dtype=torch.int64).numpy())
+    failpoints.reached("startup")
+    if plan == "fresh":
+        with torch.no_grad():
+            module.model.training_log_prob(train_set.tensors[0][:INIT_BATCH])
+
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(paths.last) if plan == "resume" else None)
+    except Interrupted as stop:
+        done = epoch_log.epochs
+        stop.detail = (f"{paths.root} keeps its {done} complete epoch(s) in checkpoints/last.ckpt; rerun the same "
+                       "command to resume" if done and paths.last.is_file() else
+                       f"no epoch of {paths.root} was complete; rerun the same command to start it again")
+        raise
     if not paths.last.is_file():
         trainer.save_checkpoint(paths.last)
-    best = callbacks[-1].best_model_score if val_loader is not None else None
-    result = TrainResult(paths=paths, epochs=trainer.current_epoch, steps=trainer.global_step,
-                         val_bpd=float(best) if best is not None else None, seconds=time.perf_counter() - started,
+    best = best_checkpoint.best_model_score if best_checkpoint is not None else None
+    steps, per_epoch = trainer.global_step, max(1, trainer.num_training_batches)
+    result = TrainResult(paths=paths, epochs=steps // per_epoch, steps=steps, partial_steps=steps % per_epoch,
+                         val_bpd=float(best) if best is not None else None, seconds=epoch_log.seconds,
                          first_process=trainer.is_global_zero)
     if trainer.is_global_zero:
-        write_json(paths.trained, {"epochs": result.epochs, "steps": result.steps, "val_bpd": result.val_bpd,
-                                   "seconds": round(result.seconds, 1)})
+        write_json(paths.trained, {"epochs": result.epochs, "steps": result.steps, "partial_steps": result.partial_steps,
+                                   "val_bpd": result.val_bpd, "seconds": round(result.seconds, 1)})
     return result

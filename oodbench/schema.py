@@ -1,0 +1,147 @@
+"""The files a run leaves and a report reads, in one place: the run record, the training split, the
+per-sample scores' and the results' columns, and the "OOD gets lower bits/dim" rule.
+
+Writers (`runner/train.py`, `runner/evaluate.py`) and readers (`runner/evaluate.py`, `report/`) use
+these definitions and nothing else, so a column cannot mean one thing where it is written and another
+where it is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from oodbench.atomic import write_with, write_yaml
+from oodbench.errors import OodbenchError
+
+# Bumped when a run folder's files change meaning; older folders are refused with a clear message.
+RUN_SCHEMA = 2
+
+# The three sets every evaluation scores (Nalisnick et al. 2019, Figure 1).
+SETS = ("in_train", "in_test", "out_test")
+SET_ROLES = {"in_train": "in-distribution, trained on", "in_test": "in-distribution", "out_test": "OOD"}
+
+# scores.csv: one row per image; the family's own parts (log_pz, logdet; elbo, kl) follow these.
+SCORE_COLUMNS = ("set", "dataset", "split", "index", "log_px", "bpd")
+
+# Training settings that say where and how fast a run trains, not what it learns: a resumed run may
+# change them, and runs that differ only in them are the same setup.
+PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers")
+# Settings that bound how long a run trains; `train --resume` may extend them.
+BUDGET_KEYS = ("epochs", "max_minutes")
+
+RESULT_COLUMNS = (
+    "model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "seed", "setup",
+    "score", "unit", "bpd_dims", "discretization", "bound",
+    "n_train", "epochs", "train_seconds",
+    *(f"n_{s}" for s in SETS),
+    *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
+    "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr", "ood_lower_bpd",
+    "run", "checkpoint",
+)
+
+
+def ood_gets_lower_bpd(bpd_in_test_mean: float, bpd_out_test_mean: float) -> bool:
+    """The paper's failure: the OOD test set gets *lower* mean bits/dim (higher likelihood) than the
+    in-distribution test set, so a likelihood threshold would let it through."""
+    return bool(bpd_out_test_mean < bpd_in_test_mean)
+
+
+def short_hash(data: Any) -> str:
+    """12 hex digits of the SHA-256 of `data` as canonical JSON: a stable name for a set of settings."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run folder's `config.yaml` records: what was trained, on which images, how.
+
+    `image_shape` is what the model takes; `data_shape` is the dataset's own image before the zero
+    padding of 28x28 grey sets, and bits/dim is per dimension of it (`bpd_dims`, see `units.py`).
+    The images trained on are in `splits.npz` beside it (`write_splits` / `read_splits`).
+    """
+
+    model: str
+    dataset: str
+    seed: int
+    data_root: str | None
+    data_source: str
+    image_shape: tuple[int, int, int]
+    data_shape: tuple[int, int, int]
+    n_train: int
+    n_val: int
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: int = RUN_SCHEMA
+
+    @property
+    def bpd_dims(self) -> int:
+        return math.prod(self.data_shape)
+
+    def learning_settings(self) -> dict[str, Any]:
+        """Everything that changes what the model learns (not where it ran, nor for how long)."""
+        train = {k: v for k, v in self.train.items() if k not in PLACEMENT_KEYS + BUDGET_KEYS}
+        return {"model": self.model, "dataset": self.dataset, "data_root": self.data_root, "seed": self.seed,
+                "model_settings": self.model_settings,
+                "train": train, "data_shape": list(self.data_shape), "n_train": self.n_train, "n_val": self.n_val}
+
+    def setup(self) -> str:
+        """A name for the setup, shared by the runs that differ only in their seed (the report's unit
+        of "the same experiment, several seeds")."""
+        settings = self.learning_settings()
+        settings.pop("seed")
+        settings["train"] = {k: v for k, v in settings["train"].items() if k != "seed"}
+        return short_hash(settings)
+
+    def write(self, path: Path) -> None:
+        data = dataclasses.asdict(self)
+        data["image_shape"], data["data_shape"] = list(self.image_shape), list(self.data_shape)
+        write_yaml(path, data)
+
+    @classmethod
+    def read(cls, path: Path) -> RunRecord:
+        """The record at `path`; a missing, foreign or older-format file is a one-line error."""
+        folder = Path(path).parent
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            data = None
+        if not isinstance(data, dict) or "model" not in data or "dataset" not in data:
+            raise OodbenchError(f"{folder} is not an oodbench run folder (no valid config.yaml)")
+        if data.get("schema") != RUN_SCHEMA:
+            raise OodbenchError(f"run {folder} was made by an older oodbench (run format {data.get('schema', 1)}, this "
+                                f"one reads {RUN_SCHEMA}); retrain it with `oodbench train ... --overwrite`")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            record = cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise OodbenchError(f"{path} is incomplete ({exc}); retrain the run with --overwrite") from None
+        return dataclasses.replace(record, image_shape=tuple(record.image_shape), data_shape=tuple(record.data_shape))
+
+
+def write_splits(path: Path, *, train_index: np.ndarray, val_index: np.ndarray) -> None:
+    """The dataset indices (`ImageSet.index`) of the images a run trains and validates on."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(handle, train_index=np.asarray(train_index, np.int64), val_index=np.asarray(val_index, np.int64))
+
+    write_with(path, save)
+
+
+def read_splits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(train_index, val_index) as written by `write_splits`."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive["train_index"], archive["val_index"]
+    except (OSError, KeyError, ValueError):
+        raise OodbenchError(f"{path} is missing or unreadable: the run does not say which images it trained on; "
+                            "retrain it with --overwrite") from None

@@ -1,0 +1,70 @@
+"""The report's pieces that a reader sees: the sentence of a finding, the figure's legend and title,
+the progress labels; and summaries that never merge runs of different setups."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from oodbench.report import finding, summarize
+from oodbench.report.figures import histogram_figure
+from oodbench.runner.progress import epoch_label
+
+ROW = {"model": "glow", "in_dataset": "cifar10", "in_split": "test", "out_dataset": "svhn", "out_split": "train",
+       "pair": "cifar10:svhn@train", "seed": 0, "bpd_in_test_mean": 3.41, "bpd_out_test_mean": 2.38, "auroc": 0.1,
+       "fpr_at_80_tpr": 0.99, "ood_lower_bpd": True}
+
+
+def test_a_finding_says_in_words_what_the_likelihood_did():
+    assert finding({**ROW, "in_dataset": "fashionmnist", "out_dataset": "mnist", "out_split": "test"}) == (
+        "MNIST test images get lower bits/dim than Fashion-MNIST's own test images (2.38 vs 3.41 bits/dim, AUROC 0.10): "
+        "the likelihood would let them through, as Nalisnick et al. (2019) found.")
+    assert finding(ROW).startswith("SVHN train-split images get lower bits/dim than CIFAR-10's")
+    flagged = finding({**ROW, "out_dataset": "gray:cifar10", "out_split": "test", "bpd_out_test_mean": 4.0,
+                       "auroc": 0.8, "ood_lower_bpd": False})
+    assert flagged.startswith("grey CIFAR-10 test images get higher bits/dim") and "flags them" in flagged
+
+
+def scores(n_out: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "set": ["in_train"] * 10 + ["in_test"] * 20 + ["out_test"] * n_out,
+        "dataset": ["cifar10"] * 30 + ["svhn"] * n_out,
+        "split": ["train"] * 10 + ["test"] * 20 + ["train"] * n_out,
+        "bpd": rng.normal(3, 0.5, 30 + n_out),
+    })
+
+
+def test_the_figure_names_each_set_by_split_role_and_size_and_the_title_the_pair():
+    fig = histogram_figure(scores(), ROW)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    # SVHN's *train* split served as the OOD set: the legend says so (it used to say "svhn test (OOD)").
+    assert labels == ["cifar10 train (in-distribution, trained on, n=10)", "cifar10 test (in-distribution, n=20)",
+                      "svhn train (OOD, n=30)"]
+    title = fig.axes[0].get_title()
+    assert "cifar10:svhn@train" in title and "AUROC 0.100" in title
+    other = histogram_figure(scores(), {**ROW, "pair": "cifar10:noise", "out_dataset": "noise", "auroc": 1.0})
+    assert other.axes[0].get_title() != title  # two pairs of one model no longer share a title
+    plt.close("all")
+
+
+def test_epochs_are_counted_from_one():
+    class Trainer:
+        max_epochs = 6
+
+    assert epoch_label(Trainer, 0) == "epoch 1/6" and epoch_label(Trainer, 5) == "epoch 6/6"
+    Trainer.max_epochs = -1  # only --max-minutes bounds training
+    assert epoch_label(Trainer, 0) == "epoch 1"
+
+
+@pytest.mark.parametrize("setups, n_rows", [(["a", "a"], 1), (["a", "b"], 2)])
+def test_seeds_merge_only_within_one_setup(setups, n_rows):
+    base = {"model": "glow", "in_dataset": "cifar10", "in_split": "test", "out_dataset": "svhn", "out_split": "test",
+            "pair": "cifar10:svhn", "score": "likelihood", "bound": "dequantized", "bpd_in_train_mean": 3.0,
+            "bpd_in_test_mean": 3.1, "bpd_out_test_mean": 2.0, "auroc": 0.1, "aupr_in": 0.3, "aupr_out": 0.3,
+            "fpr_at_95_tpr": 0.9, "fpr_at_80_tpr": 0.9}
+    frame = pd.DataFrame([{**base, "seed": seed, "setup": setup} for seed, setup in enumerate(setups)])
+    summary = summarize(frame)
+    assert len(summary) == n_rows and summary["n_seeds"].tolist() == [2] * (n_rows == 1) + [1, 1] * (n_rows == 2)
