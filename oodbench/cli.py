@@ -55,6 +55,9 @@ NodesOpt = Annotated[Optional[int], typer.Option("--num-nodes", help="Lightning 
 StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy: auto, ddp...")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+RecomputeOpt = Annotated[bool, typer.Option(
+    "--recompute-statistics", help="Score every set with the model again instead of reading the run's statistics "
+    "cache (the cache is keyed by checkpoint, images and settings, so this is never needed for correctness).")]
 
 
 def _fail(message: str, code: int) -> None:
@@ -119,6 +122,26 @@ def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
                       f"{row['bpd_in_train_mean']:.3f} / {row['bpd_in_test_mean']:.3f} / {row['bpd_out_test_mean']:.3f}",
                       f"{row['auroc']:.3f}", f"{row['fpr_at_80_tpr']:.3f}",
                       "[red]yes[/]" if row["ood_lower_bpd"] else "[green]no[/]")
+    return table
+
+
+def _scores_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """AUROC of every score (columns) per result (rows), from results rows of several scores."""
+    from oodbench.scores import short_label
+
+    shorts = list(dict.fromkeys(short_label(r["score"], r["score_params"]) for r in rows))
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption="AUROC per score (OOD = positive; 1 = perfect, 0.5 = "
+                  "chance); typ M=k: batches of k images")
+    for column in ("model", "pair (in:out)", "seed"):
+        table.add_column(column, no_wrap=True)
+    for short in shorts:
+        table.add_column(short, justify="right", no_wrap=True)
+    by_result: dict[tuple, dict[str, float]] = {}
+    for row in rows:
+        key = (row["model"], row["pair"], row["seed"], row["setup"])
+        by_result.setdefault(key, {})[short_label(row["score"], row["score_params"])] = row["auroc"]
+    for (model, pair, seed, _), aurocs in by_result.items():
+        table.add_row(model, pair, str(seed), *(f"{aurocs[s]:.3f}" if s in aurocs else "-" for s in shorts))
     return table
 
 
@@ -219,17 +242,23 @@ def evaluate(
                                                            help="Convert the OOD set to the model's channels.")] = None,
     iw_samples: Annotated[Optional[int], typer.Option(
         "--iw-samples", help="VAE only: importance samples k of the IWAE bound (1 = ELBO); default: the model's.")] = None,
+    scores: Annotated[Optional[str], typer.Option(
+        "--scores", help="OOD scores to compute, e.g. likelihood,typicality (default: every one; valid: likelihood, "
+        "input_complexity, typicality, dose). Scores the evaluation already had are kept.")] = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     accelerator: AcceleratorOpt = None,
     devices: DevicesOpt = None,
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
+    recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a trained model on IN train/test and OUT test (in float32); write per-sample scores and metrics."""
+    """Score a trained model on IN train/validation/test and OUT test (in float32), then every OOD score;
+    write per-sample statistics and scores, and one metrics row per score."""
     from oodbench.data import parse_pair
     from oodbench.runner import EvalRequest, RunPaths, evaluate as run_evaluation, find_run
+    from oodbench.scores import parse_scores
 
     parsed = parse_pair(pair)
     if (run is None) == (model is None):
@@ -238,14 +267,20 @@ def evaluate(
     chosen = _profile(profile, config)
     eval_cfg = resolve(chosen.eval_for(model) if model else chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
                                          match_channels=match_channels, iw_samples=iw_samples,
+                                         scores=parse_scores(scores),
                                          accelerator=accelerator, devices=devices,
                                          num_nodes=num_nodes, strategy=strategy))
     result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
-                                        download=download, checkpoint=checkpoint, quiet=quiet))
+                                        download=download, checkpoint=checkpoint, quiet=quiet, recompute=recompute))
     if result.written:
         console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
+        console.print(_scores_table(result.rows, title="scores"))
+        for label, why in result.skipped.items():
+            console.print(f"[yellow]skipped {escape(label)}: {escape(why)}[/]")
         _print_findings([result.metrics])
-        console.print(f"wrote {result.folder}/scores.csv and metrics.json")
+        cached = [s for s in ("in_train", "in_val", "in_test", "out_test") if s not in result.computed]
+        reused = f"; statistics of {', '.join(cached)} came from the run's cache" if cached else ""
+        console.print(f"wrote {result.folder}/scores.csv and metrics.json{reused}")
 
 
 @app.command()
@@ -265,9 +300,11 @@ def report(
 
 
 def _show_report(rows: list[dict[str, Any]], out: Path, *, title: str) -> None:
-    console.print(_metrics_table(rows, title=title))
-    _print_findings(rows)
-    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md and {len(rows)} histogram(s)")
+    likelihood = [row for row in rows if row["score"] == "likelihood"]
+    console.print(_metrics_table(likelihood, title=title))
+    console.print(_scores_table(rows, title="scores"))
+    _print_findings(likelihood)
+    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md and {len(likelihood)} histogram(s)")
 
 
 @app.command()
@@ -300,34 +337,38 @@ def sweep(
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
+    recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train and evaluate every (model, dataset, seed) cell of a profile; resumable and shardable."""
     _run_sweep(profile=profile, config=config, runs_dir=runs_dir or Path("runs") / profile,
                out=out or Path("results") / profile, only=only, shard=shard, dry_run=dry_run, data_root=data_root,
-               download=download, quiet=quiet, hardware=dict(accelerator=accelerator, devices=devices,
-                                                             num_nodes=num_nodes, strategy=strategy, precision=precision))
+               download=download, quiet=quiet, recompute=recompute,
+               hardware=dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                             precision=precision))
 
 
 def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: str | None = None,
                shard: str | None = None, dry_run: bool = False, data_root: str | None = None, download: bool = False,
-               quiet: bool = False, hardware: dict[str, Any] | None = None) -> None:
+               quiet: bool = False, recompute: bool = False, hardware: dict[str, Any] | None = None) -> None:
     from oodbench.atomic import check_writable
     from oodbench.models import model_config
     from oodbench.report import write_report
     from oodbench.runner import sweep as sweeping
+    from oodbench.scores import parse_scores
 
     chosen = load_profile(profile, config)
     check_writable(runs_dir, "--runs-dir")
     for model, model_settings in chosen.models.items():  # a typo fails now, not an hour into the sweep
         model_config(model, model_settings, where=f"{config} (profile {profile!r})")
+        parse_scores(chosen.eval_for(model).scores)
     hardware = hardware or {}
     settings = sweeping.resolve_settings(chosen, runs_dir, data_root=data_root, download=download, quiet=quiet,
-                                         hardware=hardware)
+                                         hardware=hardware, recompute=recompute)
     cells = sweeping.cells(chosen, only=sweeping.parse_only(only), shard=sweeping.parse_shard(shard))
     if not cells:
         raise OodbenchError(f"no cells in profile {profile!r} match --only {only!r} / --shard {shard!r}")
-    plans = [sweeping.plan_cell(c, runs_dir, settings.data_root, download) for c in cells]
+    plans = [sweeping.plan_cell(c, runs_dir, settings.data_root, download, settings.eval_for(c).scores) for c in cells]
     console.print(_plan_table(plans, title=f"oodbench sweep --profile {profile}" + (f" --shard {shard}" if shard else "")))
     if dry_run:
         return

@@ -11,6 +11,7 @@ A profile in benchmarks.yaml looks like:
         data_root: demo            # "demo" = the subset embedded in the package
         train: {epochs: 2, batch_size: 64}
         eval: {batch_size: 500}
+        scores: [likelihood, typicality]   # the OOD scores to compute (default: every one that applies)
         models:
           glow: {levels: 3, steps: 4, hidden_channels: 64}
           pixelcnn: {nr_filters: 32, train: {limit_train: 1500}}   # per-model train/eval overrides
@@ -116,9 +117,14 @@ class EvalConfig:
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
     num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
+    # The OOD scores to compute (oodbench/scores/): None is every score that applies to the family;
+    # the raw likelihood is always among them.
+    scores: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.scores is not None and not isinstance(self.scores, tuple):
+            object.__setattr__(self, "scores", tuple(self.scores))  # a YAML list
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ def resolve(base: C, cli_overrides: dict[str, Any]) -> C:
         raise OodbenchError(f"bad value {exc.value!r} for {flag}: {exc.reason}") from None
 
 
-_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description"}
+_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description", "scores"}
 
 
 def load_profile(name: str | None, path: Path | None = None) -> Profile:
@@ -224,7 +230,12 @@ def load_profile(name: str | None, path: Path | None = None) -> Profile:
     if not isinstance(models, dict) or not all(isinstance(v, dict) or v is None for v in models.values()):
         raise OodbenchError(f"'models' in {where} must map a model name to its settings")
     train = from_mapping(TrainConfig, raw.get("train"), where=f"{where}, section 'train'")
-    evaluation = from_mapping(EvalConfig, raw.get("eval"), where=f"{where}, section 'eval'")
+    eval_section = dict(raw.get("eval") or {})
+    if raw.get("scores") is not None:  # `scores:` beside `eval:` is the same setting for every model
+        if not isinstance(raw["scores"], list) or not all(isinstance(n, str) for n in raw["scores"]):
+            raise OodbenchError(f"'scores' in {where} must be a list of score names, e.g. [likelihood, dose]")
+        eval_section["scores"] = raw["scores"]
+    evaluation = from_mapping(EvalConfig, eval_section, where=f"{where}, section 'eval'")
     architectures, model_train, model_eval = {}, {}, {}
     for model, settings in models.items():
         settings = dict(settings or {})

@@ -1,5 +1,6 @@
 """The files a run leaves and a report reads, in one place: the run record, the training split, the
-per-sample scores' and the results' columns, and the "OOD gets lower bits/dim" rule.
+sets every evaluation scores, the per-sample statistics' and the results' columns, and the "OOD gets
+lower bits/dim" rule.
 
 Writers (`runner/train.py`, `runner/evaluate.py`) and readers (`runner/evaluate.py`, `report/`) use
 these definitions and nothing else, so a column cannot mean one thing where it is written and another
@@ -25,12 +26,22 @@ from oodbench.errors import OodbenchError
 # Bumped when a run folder's files change meaning; older folders are refused with a clear message.
 RUN_SCHEMA = 2
 
-# The three sets every evaluation scores (Nalisnick et al. 2019, Figure 1).
-SETS = ("in_train", "in_test", "out_test")
-SET_ROLES = {"in_train": "in-distribution, trained on", "in_test": "in-distribution", "out_test": "OOD"}
+# The sets every evaluation scores: the three of Nalisnick et al. (2019, Figure 1) and the run's
+# validation hold-out, training-distribution images the model never trained on, which fitted scores
+# (typicality, DoSE) are fitted on.
+SETS = ("in_train", "in_val", "in_test", "out_test")
+FIT_SET = "in_val"  # falls back to in_train for a run trained without a validation hold-out
+SET_ROLES = {"in_train": "in-distribution, trained on", "in_val": "in-distribution, held out",
+             "in_test": "in-distribution", "out_test": "OOD"}
 
-# scores.csv: one row per image; the family's own parts (log_pz, logdet; elbo, kl) follow these.
+# Per-sample statistics (runner/statistics.py): `log_px` (nats) and `bpd`, then the family's parts
+# (flows: log_pz, logdet and each level's; the VAE: elbo, kl, reconstruction), then these, which no
+# model gives: the lossless compressed length of the image in bits per dimension (data/compression.py).
+MODEL_FREE_STATISTICS = ("png_bpd", "jpeg2000_bpd")
+# scores.csv: one row per image, these first, then the statistics' other columns, then one column per
+# per-sample score, named by the score's label ("score:typicality(batch=1)").
 SCORE_COLUMNS = ("set", "dataset", "split", "index", "log_px", "bpd")
+SCORE_PREFIX = "score:"
 
 # Training settings that say where and how fast a run trains, not what it learns: a resumed run may
 # change them, and runs that differ only in them are the same setup.
@@ -38,13 +49,16 @@ PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_worker
 # Settings that bound how long a run trains; `train --resume` may extend them.
 BUDGET_KEYS = ("epochs", "max_minutes")
 
+# results.csv / metrics.json: one row per (evaluation, score variant); README.md explains each column.
 RESULT_COLUMNS = (
     "model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "seed", "setup",
-    "score", "unit", "bpd_dims", "discretization", "bound",
-    "n_train", "epochs", "train_seconds",
+    "score", "score_params", "fit_set", "units_in", "units_out",
+    "unit", "bpd_dims", "discretization", "bound",
+    "n_params", "n_train", "epochs", "train_seconds",
     *(f"n_{s}" for s in SETS),
     *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
-    "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr", "ood_lower_bpd",
+    "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr",
+    "threshold", "flagged_in", "flagged_out", "ood_lower_bpd",
     "run", "checkpoint",
 )
 

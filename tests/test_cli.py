@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+from evaluation_files import likelihood_row
+
 from oodbench.cli import main
 from oodbench.report import RESULT_COLUMNS
 
@@ -59,14 +61,14 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     assert code == 0, err
     folder = trained_run / "eval" / "fashionmnist_vs_mnist"
     scores = pd.read_csv(folder / "scores.csv")
-    assert scores["set"].value_counts().to_dict() == {"in_train": 200, "in_test": 300, "out_test": 300}
+    assert scores["set"].value_counts().to_dict() == {"in_train": 200, "in_val": 500, "in_test": 300, "out_test": 300}
     assert list(scores.columns[:8]) == ["set", "dataset", "split", "index", "log_px", "bpd", "log_pz", "logdet"]
     # The model sees the 28x28 images padded to 32x32: the flow's density is over 1,024 dimensions, so
     # log_px = log_pz + logdet - 1024 ln 256. Bits/dim is per dimension of the image itself: 784.
     assert (scores["log_pz"] + scores["logdet"] - 1024 * LN256 - scores["log_px"]).abs().max() < 1e-2
     assert (scores["bpd"] + scores["log_px"] / (784 * LN2)).abs().max() < 1e-5
     assert scores.groupby("set")["index"].apply(lambda s: s.is_monotonic_increasing).all()
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = likelihood_row(folder)
     assert metrics["bpd_dims"] == 784 and metrics["n_out_test"] == 300 and metrics["n_train"] == 256
     assert metrics["out_dataset"] == "mnist" and metrics["out_split"] == "test" and metrics["epochs"] == 1
     assert metrics["bpd_out_test_mean"] == pytest.approx(scores.loc[scores["set"] == "out_test", "bpd"].mean(), abs=1e-5)
@@ -104,7 +106,7 @@ def test_in_train_holds_only_images_the_run_trained_on(trained_run, staged_root,
     scores = pd.read_csv(trained_run / "eval" / "fashionmnist_vs_mnist" / "scores.csv")
     in_train = scores.loc[scores["set"] == "in_train", "index"].to_numpy()
     assert sorted(in_train) == sorted(trained)
-    metrics = json.loads((trained_run / "eval" / "fashionmnist_vs_mnist" / "metrics.json").read_text())
+    metrics = likelihood_row(trained_run / "eval" / "fashionmnist_vs_mnist")
     assert metrics["n_in_train"] == 256 and metrics["n_train"] == 256
     # The trained images are a seeded random subset of the split, not its first 256.
     assert trained.max() > 1000
@@ -136,12 +138,12 @@ def test_vae_trains_and_is_scored_with_the_bound_it_names(tmp_path, staged_root,
     code, _, err = run_cli([*args, "--iw-samples", "4"], capsys)
     assert code == 0, err
     folder = run / "eval" / "fashionmnist_vs_mnist"
-    assert json.loads((folder / "metrics.json").read_text())["bound"] == "iwae-4"
+    assert likelihood_row(folder)["bound"] == "iwae-4"
     scores = pd.read_csv(folder / "scores.csv")
     assert {"elbo", "kl"} <= set(scores.columns) and (scores["log_px"] >= scores["elbo"] - 1e-3).all()
     code, _, err = run_cli([*args, "--iw-samples", "1"], capsys)
     assert code == 0, err
-    assert json.loads((folder / "metrics.json").read_text())["bound"] == "elbo"
+    assert likelihood_row(folder)["bound"] == "elbo"
     # importance samples mean nothing to a flow
     code, _, err = run_cli(["evaluate", "--pair", "fashionmnist:mnist", "--run", trained_run, "--data-root", staged_root,
                             "--iw-samples", "4", "--quiet"], capsys)
@@ -300,12 +302,12 @@ def test_report_covers_exactly_its_runs(trained_run, staged_root, tmp_path, caps
     code, out, err = run_cli(["report", "--runs", runs, "--out", out_dir], capsys)
     assert code == 0, err
     table = pd.read_csv(out_dir / "results.csv")
-    assert len(table) == 2 and set(table["run"]) == {str(run)}
+    assert (table["score"] == "likelihood").sum() == 2 and set(table["run"]) == {str(run)}
     assert len(list(out_dir.glob("hist_*.png"))) == 2
     shutil.rmtree(run / "eval" / "fashionmnist_vs_kmnist")
     code, out, err = run_cli(["report", "--runs", runs, "--out", out_dir], capsys)
     assert code == 0, err
-    assert len(pd.read_csv(out_dir / "results.csv")) == 1
+    assert set(pd.read_csv(out_dir / "results.csv")["out_dataset"]) == {"mnist"}
     figures = list(out_dir.glob("hist_*.png"))
     assert len(figures) == 1 and "kmnist" not in figures[0].name  # the stale figure went with its result
     assert (out_dir / "notes.txt").read_text() == "mine"  # what oodbench did not write stays

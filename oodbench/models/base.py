@@ -3,7 +3,8 @@
 `log_prob_parts(x, noise)` takes uint8 images (B, C, H, W) and returns a dict of per-sample tensors [B]
 in nats: always `log_px`, the log-probability of the 8-bit image (discretization term included), and
 the named parts the family has (for flows: `log_pz`, the prior term of all levels, and `logdet`, the
-total log-determinant, so that log_px = log_pz + logdet + discretization).
+total log-determinant, so that log_px = log_pz + logdet + discretization; Glow adds both per level).
+These per-sample parts are the statistics the OOD scores are computed from (`oodbench/scores/`).
 
 Continuous models (flows) subclass `DequantizedFlow`: they model y = (x + u)/256 on [0,1)^D and the
 base class adds the -D ln 256 discretization term (PAPER.md, "Units"). Models with a discrete
@@ -57,16 +58,22 @@ class LikelihoodModel(nn.Module, abc.ABC):
 class DequantizedFlow(LikelihoodModel):
     """A normalizing flow on dequantized pixels y in [0,1)^D.
 
-    Subclasses implement `flow_log_density(y) -> (log_pz, logdet)`, each [B] in nats, where log_pz is
-    the prior's log-density of f(y) and logdet = log|det df/dy| (including any fixed preprocessing).
+    Subclasses implement `flow_parts(y)`: per-sample tensors [B] in nats, at least `log_pz` (the
+    prior's log-density of f(y)) and `logdet` (log|det df/dy|, including any fixed preprocessing), and
+    any finer terms whose sums they are (Glow: each level's).
     """
 
     part_names = ("log_pz", "logdet")
     discretization = "uniform dequantization y=(x+u)/256, one index-seeded draw per sample, minus D ln 256"
 
     @abc.abstractmethod
+    def flow_parts(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"log_pz", "logdet", ...} per sample for y in [0,1)^D."""
+
     def flow_log_density(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log_pz, logdet) per sample for y in [0,1)^D."""
+        parts = self.flow_parts(y)
+        return parts["log_pz"], parts["logdet"]
 
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor:
         return index_noise(index, tuple(x.shape[1:]), seed, device=x.device)
@@ -77,8 +84,6 @@ class DequantizedFlow(LikelihoodModel):
         return "dequantized"
 
     def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        y = dequantize(x, noise)
-        log_pz, logdet = self.flow_log_density(y)
-        n_dims = math.prod(x.shape[1:])
-        log_px = log_pz + logdet + discretization_nats(n_dims)
-        return {"log_px": log_px, "log_pz": log_pz, "logdet": logdet}
+        parts = self.flow_parts(dequantize(x, noise))
+        log_px = parts["log_pz"] + parts["logdet"] + discretization_nats(math.prod(x.shape[1:]))
+        return {"log_px": log_px, **parts}

@@ -16,8 +16,9 @@ import pandas as pd  # noqa: E402
 
 from oodbench.atomic import write_with  # noqa: E402
 from oodbench.errors import OodbenchError  # noqa: E402
-from oodbench.schema import SET_ROLES, SETS  # noqa: E402
+from oodbench.schema import SET_ROLES  # noqa: E402
 
+# The paper's three sets (Figure 1); the validation hold-out, which fitted scores are fitted on, is left out.
 COLOURS = {"in_train": "#1f77b4", "in_test": "#2ca02c", "out_test": "#d62728"}
 
 
@@ -36,8 +37,8 @@ def bpd_histogram(scores_csv: Path, out_png: Path, *, row: dict[str, Any]) -> Pa
 def histogram_figure(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
     """The histograms of one evaluation's scores (columns set, dataset, split, bpd) and its results row."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    bins = np.histogram_bin_edges(scores["bpd"], bins=60)
-    for name in SETS:
+    bins = np.histogram_bin_edges(scores.loc[scores["set"].isin(list(COLOURS)), "bpd"], bins=60)
+    for name in COLOURS:
         subset = scores[scores["set"] == name]
         if len(subset):
             label = f"{subset['dataset'].iloc[0]} {subset['split'].iloc[0]} ({SET_ROLES[name]}, n={len(subset):,})"

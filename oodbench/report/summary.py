@@ -14,9 +14,10 @@ from scipy.stats import bootstrap
 
 from oodbench.schema import ood_gets_lower_bpd
 
-SUMMARY_KEYS = ("model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "setup", "score", "bound")
+SUMMARY_KEYS = ("model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "setup", "score",
+                "score_params", "short", "bound")
 SUMMARY_METRICS = ("bpd_in_train_mean", "bpd_in_test_mean", "bpd_out_test_mean", "auroc", "aupr_in", "aupr_out",
-                   "fpr_at_95_tpr", "fpr_at_80_tpr")
+                   "fpr_at_95_tpr", "fpr_at_80_tpr", "n_params", "n_train", "epochs")
 N_RESAMPLES = 2000
 
 
@@ -33,7 +34,7 @@ def mean_interval(values: np.ndarray, *, seed: int = 0) -> tuple[float, float, f
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for keys, group in results.groupby(list(SUMMARY_KEYS), sort=True):
+    for keys, group in results.groupby(list(SUMMARY_KEYS), sort=False):
         row = dict(zip(SUMMARY_KEYS, keys, strict=True))
         row["n_seeds"] = int(group["seed"].nunique())
         for metric in SUMMARY_METRICS:

@@ -7,7 +7,7 @@ them would count unrelated runs as seeds of one experiment. Seeds are grouped by
 every setting but the seed; `schema.RunRecord.setup`), so runs of different settings never merge.
 
 `results.csv` has exactly the columns of `schema.RESULT_COLUMNS`, in that order (README.md explains
-each). The report folder's `report.json` lists the files this report wrote; files that a previous
+each): one row per (run, pair, score variant). The report folder's `report.json` lists the files this report wrote; files that a previous
 report listed and this one does not (figures of runs no longer reported) are removed, and files
 oodbench did not write are left alone.
 """
@@ -23,8 +23,10 @@ from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
 from oodbench.report.figures import bpd_histogram
 from oodbench.report.findings import finding
+from oodbench.report.published import PUBLISHED
 from oodbench.report.summary import summarize
 from oodbench.schema import RESULT_COLUMNS
+from oodbench.scores import short_label
 
 MANIFEST = "report.json"
 
@@ -48,24 +50,35 @@ def metric_files(runs_dirs: list[Path]) -> list[Path]:
 
 
 def collect_results(runs_dirs: list[Path]) -> pd.DataFrame:
+    """Every results row of the covered runs, one per (evaluation, score variant), with the `_folder` it
+    came from and the score's `short` heading."""
     rows = []
     for path in metric_files(runs_dirs):
         try:
-            row = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise OodbenchError(f"{path} is not a readable metrics file; re-run `oodbench evaluate` for it") from None
-        missing = [c for c in RESULT_COLUMNS if c not in row]
-        if missing:
-            raise OodbenchError(f"{path} was written by an older oodbench (no {missing[0]!r}); re-run `oodbench evaluate` "
-                                "for it, or leave its run out of --runs")
-        row["_folder"] = str(path.parent)
-        rows.append(row)
+            content = json.loads(path.read_text())
+            file_rows = content["rows"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise OodbenchError(f"{path} is not a metrics file of this oodbench; re-run `oodbench evaluate` for it, "
+                                "or leave its run out of --runs") from None
+        for row in file_rows:
+            missing = [c for c in RESULT_COLUMNS if c not in row]
+            if missing:
+                raise OodbenchError(f"{path} was written by an older oodbench (no {missing[0]!r}); re-run "
+                                    "`oodbench evaluate` for it, or leave its run out of --runs")
+            rows.append({**row, "_folder": str(path.parent), "short": short_label(row["score"], row["score_params"])})
     if not rows:
         looked = ", ".join(map(str, runs_dirs))
         raise OodbenchError(f"no evaluation results in the run folders of {looked} (runs of a sweep are one level "
                             "further down, e.g. --runs runs/quick); run `oodbench evaluate --pair IN:OUT` first")
     frame = pd.DataFrame(rows)
-    return frame.sort_values(["model", "in_dataset", "out_dataset", "out_split", "seed", "setup"]).reset_index(drop=True)
+    frame["_order"] = frame.groupby("_folder").cumcount()  # the scores in registry order within an evaluation
+    keys = ["model", "in_dataset", "out_dataset", "out_split", "seed", "setup", "_order"]
+    return frame.sort_values(keys).drop(columns="_order").reset_index(drop=True)
+
+
+def likelihood_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluation: its raw-likelihood row (bits/dim per set, the paper's score)."""
+    return frame[frame["score"] == "likelihood"].reset_index(drop=True)
 
 
 def _with_interval(row: pd.Series, metric: str) -> str:
@@ -75,8 +88,8 @@ def _with_interval(row: pd.Series, metric: str) -> str:
 
 def summary_markdown(summary: pd.DataFrame) -> str:
     table = pd.DataFrame({
-        "model": summary["model"], "pair (in:out)": summary["pair"], "bound": summary["bound"],
-        "seeds": summary["n_seeds"],
+        "model": summary["model"], "pair (in:out)": summary["pair"], "score": summary["short"],
+        "bound": summary["bound"], "seeds": summary["n_seeds"],
         **{label: summary.apply(_with_interval, axis=1, metric=metric) for label, metric in (
             ("BPD in-test", "bpd_in_test_mean"), ("BPD OOD-test", "bpd_out_test_mean"), ("AUROC", "auroc"),
             ("FPR@95%TPR", "fpr_at_95_tpr"), ("FPR@80%TPR", "fpr_at_80_tpr"))},
@@ -86,12 +99,49 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 
 def glance_markdown(summary: pd.DataFrame) -> str:
-    """One row per family, one column per pair: the mean AUROC, marked "OOD lower" where the OOD test
-    set gets lower mean bits/dim than the in-distribution test set (the paper's failure)."""
+    """One row per family, one column per pair: the likelihood's mean AUROC, marked "OOD lower" where the
+    OOD test set gets lower mean bits/dim than the in-distribution test set (the paper's failure)."""
+    summary = summary[summary["score"] == "likelihood"]
     cells = summary.assign(cell=[f"{auroc:.2f} OOD lower" if lower else f"{auroc:.2f}"
                                  for auroc, lower in zip(summary["auroc_mean"], summary["ood_lower_bpd"], strict=True)])
     table = cells.pivot_table(index="model", columns="pair", values="cell", aggfunc="first", sort=True).fillna("-")
     return table.reset_index().rename(columns={"model": "family"}).to_markdown(index=False)
+
+
+def _ordered_shorts(summary: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(summary["short"]))
+
+
+def score_by_pair_markdown(summary: pd.DataFrame, family: str) -> str:
+    """One family: one row per score, one column per pair, the mean AUROC over seeds."""
+    rows = summary[summary["model"] == family]
+    table = rows.pivot_table(index="short", columns="pair", values="auroc_mean", aggfunc="first", sort=False)
+    table = table.reindex(_ordered_shorts(rows))
+    return table.reset_index().rename(columns={"short": "score"}).to_markdown(index=False, floatfmt=".2f")
+
+
+def family_by_pair_markdown(summary: pd.DataFrame, short: str) -> str:
+    """One score: one row per family, one column per pair, the mean AUROC over seeds."""
+    rows = summary[summary["short"] == short]
+    table = rows.pivot_table(index="model", columns="pair", values="auroc_mean", aggfunc="first", sort=True)
+    return table.reset_index().rename(columns={"model": "family"}).to_markdown(index=False, floatfmt=".2f")
+
+
+def published_markdown(summary: pd.DataFrame) -> str:
+    """Each published AUROC beside ours for the same score, family and pair (every variant of the score)."""
+    lines = []
+    for ref in PUBLISHED:
+        ours = summary[(summary["score"] == ref.score) & (summary["model"] == ref.family)
+                       & (summary["in_dataset"] == ref.in_dataset) & (summary["out_dataset"] == ref.out_dataset)]
+        for row in ours.to_dict("records") or [None]:
+            lines.append({
+                "score": ref.score, "family": ref.family, "pair": f"{ref.in_dataset}:{ref.out_dataset}",
+                "published AUROC": f"{ref.auroc:.3f}", "source": ref.source,
+                "ours": "not run" if row is None else f"{row['auroc_mean']:.3f} ({row['short']}, {row['n_seeds']} seed(s))",
+                "our model": "" if row is None else (f"{row['n_params_mean'] / 1e6:.2f}M parameters, "
+                                                     f"{row['epochs_mean']:.0f} epochs on {row['n_train_mean']:,.0f} images"),
+            })
+    return pd.DataFrame(lines).to_markdown(index=False)
 
 
 def per_run_markdown(frame: pd.DataFrame) -> str:
@@ -109,7 +159,12 @@ def per_run_markdown(frame: pd.DataFrame) -> str:
 
 
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]) -> str:
+    likelihood = likelihood_rows(frame)
     dims = ", ".join(f"{d:,}" for d in sorted(frame["bpd_dims"].unique()))
+    per_family = [part for family in sorted(summary["model"].unique())
+                  for part in (f"### {family}", "", score_by_pair_markdown(summary, family), "")]
+    per_score = [part for short in _ordered_shorts(summary)
+                 for part in (f"### {short}", "", family_by_pair_markdown(summary, short), "")]
     lines = [
         "# oodbench results",
         "",
@@ -120,19 +175,36 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "",
         "## Findings",
         "",
-        *(f"- {row['model']} (seed {row['seed']}): {finding(row)}" for row in frame.to_dict("records")),
+        *(f"- {row['model']} (seed {row['seed']}): {finding(row)}" for row in likelihood.to_dict("records")),
         "",
-        "## At a glance: AUROC per family and pair (\"OOD lower\": the OOD set gets lower mean BPD)",
+        "## At a glance: likelihood AUROC per family and pair (\"OOD lower\": the OOD set gets lower mean BPD)",
         "",
         glance_markdown(summary),
         "",
-        "## Per family and pair (mean over seeds, 95% bootstrap interval where there are several)",
+        "## Every score, per family: AUROC per score and pair (mean over seeds)",
+        "",
+        "BPD: the likelihood (Nalisnick et al. 2019); IC png / IC j2k: input complexity with PNG / lossless JPEG 2000",
+        "(Serra et al. 2020); typ M=k: the typicality test on batches of k images (Nalisnick et al. 2019b); DoSE:",
+        "density of states, KDE-sum (Morningstar et al. 2021). Fitted scores are fitted on the run's validation",
+        "hold-out (training-distribution images it was not trained on).",
+        "",
+        *per_family,
+        "## Every family, per score: AUROC per family and pair (mean over seeds)",
+        "",
+        *per_score,
+        "## Published AUROCs beside ours",
+        "",
+        "Quoted from PAPER.md, to be checked against the papers; the published models are the papers' sizes.",
+        "",
+        published_markdown(summary),
+        "",
+        "## Per family, pair and score (mean over seeds, 95% bootstrap interval where there are several)",
         "",
         summary_markdown(summary),
         "",
-        "## Per run",
+        "## Per run (likelihood)",
         "",
-        per_run_markdown(frame),
+        per_run_markdown(likelihood),
         "",
         f"Bits/dim is per dimension of the training dataset's own image ({dims} dimensions; 28x28 grey sets are "
         "padded to 32x32 for the models, and the padding is not counted). FPR@95%TPR: the fraction of OOD images "
@@ -144,7 +216,7 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "",
     ]
     for i, name in sorted(figures.items()):
-        lines.append(f"![{frame.loc[i, 'model']} {frame.loc[i, 'pair']} seed {frame.loc[i, 'seed']}]({name})")
+        lines.append(f"![{likelihood.loc[i, 'model']} {likelihood.loc[i, 'pair']} seed {likelihood.loc[i, 'seed']}]({name})")
     return "\n".join(lines) + "\n"
 
 
@@ -161,11 +233,11 @@ def _remove_stale(out_dir: Path, written: list[str]) -> None:
 
 def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     """Write results.csv, summary.csv (mean and 95% bootstrap interval over seeds), results.md and one
-    bits/dim histogram per result row; return the per-run table (with the `_folder` it came from)."""
+    bits/dim histogram per evaluation; return the per-run table (with the `_folder` it came from)."""
     frame = collect_results(runs_dirs)
     out_dir = check_writable(out_dir, "--out")
     figures = {}
-    for i, row in frame.iterrows():
+    for i, row in likelihood_rows(frame).iterrows():  # one figure per evaluation
         name = f"hist_{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}_{row['setup'][:6]}.png"
         bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / name, row=row.to_dict())
         figures[i] = name

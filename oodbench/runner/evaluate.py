@@ -1,16 +1,22 @@
-"""`oodbench evaluate`: score a trained model on in-train, in-test and OOD-test images.
+"""`oodbench evaluate`: score a trained model's images and the OOD scores built on them, for one pair.
 
-- in-train: `train_sample` images drawn (seeded) from those the run trained on (its `splits.npz`),
-  never from its validation hold-out or the rest of the split;
+The sets (`schema.SETS`):
+- in-train: `train_sample` images drawn (seeded) from those the run trained on (its `splits.npz`);
+- in-val: the run's validation hold-out, training-distribution images it never trained on: the fitted
+  scores (typicality, DoSE) are fitted on these (on in-train if the run has no hold-out);
 - in-test: the in-distribution dataset's test split (or `IN@SPLIT`);
 - out-test: the OOD dataset's test split (or `OUT@SPLIT`).
-Scoring runs in float32, whatever precision the run was trained in (models/module.py), and bits/dim is
-per dimension of the training dataset's own image (`units.py`).
+Per-sample statistics come from `statistics.py` (computed once per checkpoint and set, cached, in
+float32); every score (`oodbench/scores/`, `--scores`) is then a pure function of them; the metrics
+compare the scores of the in-test and out-test units.
 
 Writes, atomically, into the run's `eval/<in>_vs_<out>/` folder:
-- `scores.csv`: one row per sample, in dataset index order (`schema.SCORE_COLUMNS`, then the family's parts);
+- `scores.csv`: one row per image of every set: the statistics, then each per-sample score;
 - `config.yaml`: the resolved evaluation settings;
-- `metrics.json`: one row of `schema.RESULT_COLUMNS`, written last: it marks the evaluation complete.
+- `metrics.json`: {"rows": one row of `schema.RESULT_COLUMNS` per score variant, "scores": the score
+  names evaluated, "skipped": {label: why}}, written last: it marks the evaluation complete. Scores an
+  earlier evaluation with the same settings computed are computed again beside the new ones (from the
+  cached statistics: seconds), so adding a score to an evaluated run adds its rows.
 """
 
 from __future__ import annotations
@@ -22,9 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from oodbench import failpoints
 from oodbench.atomic import check_writable, write_json, write_with, write_yaml
@@ -33,16 +37,27 @@ from oodbench.data import ImageSet, Pair, load_images, match_channels, parse_pai
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.metrics import ood_metrics
 from oodbench.models.module import LikelihoodModule
-from oodbench.runner.callbacks import Failpoints, checkpoint_progress
+from oodbench.runner.callbacks import checkpoint_progress
 from oodbench.runner.layout import RunPaths
-from oodbench.runner.lightning import make_trainer, read_checkpoint
-from oodbench.schema import RESULT_COLUMNS, SCORE_COLUMNS, SETS, RunRecord, ood_gets_lower_bpd, read_splits, short_hash
-from oodbench.scores import likelihood_score
-from oodbench.units import bits_per_dim
+from oodbench.runner.lightning import read_checkpoint
+from oodbench.runner.statistics import set_statistics
+from oodbench.schema import (
+    FIT_SET,
+    RESULT_COLUMNS,
+    SCORE_COLUMNS,
+    SCORE_PREFIX,
+    SETS,
+    RunRecord,
+    ood_gets_lower_bpd,
+    read_splits,
+    short_hash,
+)
+from oodbench.scores import SCORES, Score, score_variants
 
 IN_TRAIN_SEED = 1  # which of the trained-on images the in-train set samples
-# Evaluation settings that change no score (index-seeded noise makes scores independent of batching).
-_PLACEMENT = ("batch_size", "accelerator", "devices", "num_nodes", "strategy")
+# Evaluation settings that change no number (index-seeded noise makes scores independent of batching),
+# and the choice of scores (each row names its score).
+_NOT_SETUP = ("batch_size", "accelerator", "devices", "num_nodes", "strategy", "scores")
 
 
 @dataclass(frozen=True)
@@ -54,14 +69,22 @@ class EvalRequest:
     download: bool = False
     checkpoint: str = "best"
     quiet: bool = False
+    recompute: bool = False  # score every set again instead of reading the statistics cache
 
 
 @dataclass(frozen=True)
 class EvalResult:
     folder: Path
-    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]  # one per score variant evaluated now
     scores: pd.DataFrame
+    skipped: dict[str, str] = field(default_factory=dict)  # score label -> why it was not computed
+    computed: tuple[str, ...] = ()  # the sets the model scored (the others came from the statistics cache)
     written: bool = True  # False on DDP processes other than global zero
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The likelihood score's row (every evaluation has it)."""
+        return next(row for row in self.rows if row["score"] == "likelihood")
 
 
 def load_module(path: Path) -> tuple[LikelihoodModule, dict[str, Any]]:
@@ -79,14 +102,16 @@ def load_module(path: Path) -> tuple[LikelihoodModule, dict[str, Any]]:
     return module.eval(), checkpoint
 
 
-def trained_images(images: ImageSet, train_index: np.ndarray, n: int) -> ImageSet:
-    """`n` images (seeded, in index order) of `images` whose index is among those trained on."""
-    positions = np.flatnonzero(np.isin(images.index.numpy(), train_index))
-    if len(positions) < len(train_index):
-        raise OodbenchError(f"{images.name} {images.split} now holds {len(positions)} of the {len(train_index)} images the "
-                            f"run trained on; point --data-root at the data it was trained on")
-    order = torch.randperm(len(positions), generator=torch.Generator().manual_seed(IN_TRAIN_SEED))[:n]
-    chosen = torch.from_numpy(positions)[order.sort().values]
+def images_among(images: ImageSet, wanted: np.ndarray, n: int | None, role: str) -> ImageSet:
+    """The images of `images` whose index is in `wanted`: `n` of them (seeded, in index order), or all."""
+    positions = np.flatnonzero(np.isin(images.index.numpy(), wanted))
+    if len(positions) < len(wanted):
+        raise OodbenchError(f"{images.name} {images.split} now holds {len(positions)} of the {len(wanted)} images the "
+                            f"run {role}; point --data-root at the data it was trained on")
+    if n is not None:
+        order = torch.randperm(len(positions), generator=torch.Generator().manual_seed(IN_TRAIN_SEED))[:n]
+        positions = positions[order.sort().values.numpy()]
+    chosen = torch.from_numpy(positions)
     return ImageSet(name=images.name, split=images.split, images=images.images[chosen].contiguous(),
                     index=images.index[chosen].contiguous(), source=images.source)
 
@@ -99,13 +124,15 @@ def _load_sets(pair: Pair, record: RunRecord, request: EvalRequest) -> dict[str,
             f"use --pair {record.dataset}:OUT or another --run"
         )
     data_root = request.data_root if request.data_root is not None else record.data_root
-    train_index, _ = read_splits(request.run.splits)
+    train_index, val_index = read_splits(request.run.splits)
 
     def load(name: str, split: str, limit: int | None) -> ImageSet:
         return load_images(name, split, data_root=data_root, download=request.download, limit=limit)
 
+    training_split = load(pair.in_ref.name, "train", None)
     sets = {
-        "in_train": trained_images(load(pair.in_ref.name, "train", None), train_index, cfg.train_sample),
+        "in_train": images_among(training_split, train_index, cfg.train_sample, "trained on"),
+        "in_val": images_among(training_split, val_index, None, "validated on"),
         "in_test": load(pair.in_ref.name, pair.in_ref.split or "test", cfg.limit),
         "out_test": load(pair.out_ref.name, pair.out_ref.split or "test", cfg.limit),
     }
@@ -119,73 +146,12 @@ def _load_sets(pair: Pair, record: RunRecord, request: EvalRequest) -> dict[str,
             )
         sets["out_test"] = match_channels(out, want[0])
     for name, images in sets.items():
-        if len(images) == 0:
+        if len(images) == 0 and name != "in_val":  # a run may have been trained without a hold-out
             raise OodbenchError(f"the {name} set ({images.name} {images.split}) has no images to score; raise "
                                 "--limit / --train-sample")
         if tuple(images.shape) != want:
             raise OodbenchError(f"{images.name} images are {tuple(images.shape)}, the model takes {want}")
     return sets
-
-
-class GatherPredictions(pl.Callback):
-    """Collects `predict_step` outputs per dataloader and, under DDP, gathers every process's share.
-
-    Lightning's predict sampler splits a set unevenly across processes (no padding) and
-    `all_gather` needs equal shapes, so each share is padded with index -1 rows that are dropped
-    after gathering. The result equals a single-process run, in dataset index order.
-    """
-
-    def __init__(self) -> None:
-        self.local: dict[int, list[dict[str, torch.Tensor]]] = {}
-        self.gathered: dict[int, dict[str, torch.Tensor]] = {}
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.local.setdefault(dataloader_idx, []).append({k: v.detach() for k, v in outputs.items()})
-
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        for idx, batches in sorted(self.local.items()):
-            parts = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
-            if trainer.world_size > 1:
-                parts = _gather_padded(pl_module, parts)
-            parts = {key: value.cpu() for key, value in parts.items()}
-            order = torch.argsort(parts["index"])
-            self.gathered[idx] = {key: value[order] for key, value in parts.items()}
-
-
-def _gather_padded(pl_module: pl.LightningModule, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    n_local = parts["index"].new_tensor([parts["index"].numel()])
-    n_max = int(pl_module.all_gather(n_local).max())
-    padded = {}
-    for key, value in parts.items():
-        filler = -1 if key == "index" else 0
-        pad = value.new_full((n_max - value.numel(),), filler)
-        padded[key] = pl_module.all_gather(torch.cat([value, pad])).reshape(-1)
-    keep = padded["index"] >= 0
-    return {key: value[keep] for key, value in padded.items()}
-
-
-def score_sets(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, quiet: bool,
-               root: Path, bpd_dims: int) -> tuple[pd.DataFrame, bool]:
-    """Per-sample log-likelihood parts and bits/dim of every set, each in dataset index order, from one
-    Lightning predict run (one DDP launch), in float32. Returns the scores and whether this is the
-    global-zero process."""
-    loaders = [DataLoader(TensorDataset(images.images, images.index), batch_size=cfg.batch_size, shuffle=False)
-               for images in sets.values()]
-    gather = GatherPredictions()
-    callbacks: list[pl.Callback] = [gather] + ([Failpoints(resuming=False)] if failpoints.armed() else [])
-    trainer = make_trainer(root=root, accelerator=cfg.accelerator, devices=cfg.devices, precision="32-true",
-                           num_nodes=cfg.num_nodes, strategy=cfg.strategy, quiet=quiet, logger=False,
-                           callbacks=callbacks)
-    trainer.predict(module, loaders, return_predictions=False)
-    frames = []
-    for idx, (name, images) in enumerate(sets.items()):
-        columns = {key: value.numpy().astype(np.float64) for key, value in gather.gathered[idx].items()}
-        index = columns.pop("index").astype(np.int64)
-        log_px = columns.pop("log_px")
-        frame = pd.DataFrame({"set": name, "dataset": images.name, "split": images.split, "index": index,
-                              "log_px": log_px, "bpd": bits_per_dim(log_px, bpd_dims), **columns})
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True), trainer.is_global_zero
 
 
 def _training_done(request: EvalRequest, checkpoint: dict[str, Any]) -> tuple[int, float | None]:
@@ -196,29 +162,75 @@ def _training_done(request: EvalRequest, checkpoint: dict[str, Any]) -> tuple[in
     return checkpoint_progress(checkpoint)
 
 
-def summary_row(scores: pd.DataFrame, *, record: RunRecord, pair: Pair, request: EvalRequest, checkpoint: Path,
-                discretization: str, bound: str, trained: tuple[int, float | None]) -> dict[str, Any]:
-    """One row of `schema.RESULT_COLUMNS`: what was scored against what, bits/dim per set, the metrics."""
-    by_set = {name: scores[scores["set"] == name]["bpd"].to_numpy() for name in SETS}
-    evaluation = {k: v for k, v in to_plain(request.eval).items() if k not in _PLACEMENT}
+def _flagged(scores: np.ndarray, threshold: float | None) -> float | None:
+    return float(np.mean(scores > threshold)) if threshold is not None else None
+
+
+def _score_units(variant: Score, stats: dict[str, pd.DataFrame], fit_set: str) -> tuple[Score, np.ndarray, np.ndarray]:
+    fitted = variant.fit(stats[fit_set])
+    return fitted, fitted.score(stats["in_test"]), fitted.score(stats["out_test"])
+
+
+def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: list[Score], *, family: str,
+               fit_set: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, str]]:
+    """For each score variant: its results row, fitted on `fit_set` and compared on in-test vs out-test;
+    the per-sample scores of every set ("score:<label>" -> values over the sets in order); and the
+    variants that could not be computed, with why."""
+    columns = set(stats["in_test"].columns)
+    rows, per_sample, skipped = [], {}, {}
+    for variant in variants:
+        reason = variant.unusable(family, columns)
+        if reason is None:
+            try:
+                fitted, in_scores, out_scores = _score_units(variant, stats, fit_set)
+            except ValueError as exc:  # a set too small for a batch, a degenerate fit
+                reason = str(exc)
+        if reason is not None:
+            skipped[variant.label] = reason
+            continue
+        row = {**base, "score": variant.name, "score_params": variant.params_text,
+               "fit_set": fit_set, "units_in": len(in_scores), "units_out": len(out_scores),
+               **ood_metrics(in_scores, out_scores).as_dict(), "threshold": fitted.threshold,
+               "flagged_in": _flagged(in_scores, fitted.threshold), "flagged_out": _flagged(out_scores, fitted.threshold)}
+        rows.append(row)
+        if variant.per_sample:
+            per_sample[SCORE_PREFIX + variant.label] = np.concatenate(
+                [fitted.score(stats[name]) if len(stats[name]) else np.empty(0) for name in SETS])
+    return rows, per_sample, skipped
+
+
+def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, request: EvalRequest,
+             checkpoint: Path, module: LikelihoodModule, trained: tuple[int, float | None]) -> dict[str, Any]:
+    """What every row of this evaluation shares: what was scored against what, training, bits/dim per set."""
+    evaluation = {k: v for k, v in to_plain(request.eval).items() if k not in _NOT_SETUP}
+    bound = module.model.bound
     row: dict[str, Any] = {
         "model": record.model, "in_dataset": pair.in_ref.name, "in_split": pair.in_ref.split or "test",
         "out_dataset": pair.out_ref.name, "out_split": pair.out_ref.split or "test", "pair": str(pair),
         "seed": record.seed, "setup": short_hash([record.setup(), evaluation, bound, checkpoint.name]),
-        "score": "likelihood", "unit": "bits/dim", "bpd_dims": record.bpd_dims, "discretization": discretization,
-        "bound": bound, "n_train": record.n_train, "epochs": trained[0], "train_seconds": trained[1],
+        "unit": "bits/dim", "bpd_dims": record.bpd_dims, "discretization": module.model.discretization,
+        "bound": bound, "n_params": sum(p.numel() for p in module.model.parameters()), "n_train": record.n_train,
+        "epochs": trained[0], "train_seconds": trained[1],
     }
     for name in SETS:
-        row[f"n_{name}"] = int(by_set[name].size)
+        row[f"n_{name}"] = len(stats[name])
     for name in SETS:
-        row[f"bpd_{name}_mean"] = float(by_set[name].mean())
-        row[f"bpd_{name}_std"] = float(by_set[name].std(ddof=1)) if by_set[name].size > 1 else 0.0
-    metrics = ood_metrics(likelihood_score(by_set["in_test"]), likelihood_score(by_set["out_test"]))
-    row.update(metrics.as_dict())
+        bpd = stats[name]["bpd"].to_numpy()
+        row[f"bpd_{name}_mean"] = float(bpd.mean()) if bpd.size else None
+        row[f"bpd_{name}_std"] = float(bpd.std(ddof=1)) if bpd.size > 1 else None
     row["ood_lower_bpd"] = ood_gets_lower_bpd(row["bpd_in_test_mean"], row["bpd_out_test_mean"])
     row.update({"run": str(request.run.root), "checkpoint": checkpoint.name})
-    assert tuple(row) == RESULT_COLUMNS, "the row must follow schema.RESULT_COLUMNS"
     return row
+
+
+def _earlier_scores(folder: Path, setup: str) -> list[str]:
+    """The score names an earlier evaluation of the same setup in `folder` computed (none otherwise)."""
+    try:
+        earlier = json.loads((folder / "metrics.json").read_text())
+        rows = earlier["rows"]
+        return list(earlier["scores"]) if rows and all(r["setup"] == setup for r in rows) else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
@@ -242,18 +254,31 @@ def evaluate(request: EvalRequest) -> EvalResult:
     folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))
 
     try:
-        scores, writer = score_sets(module, sets, cfg, request.quiet, request.run.root, record.bpd_dims)
+        stats, computed, writer = set_statistics(module, sets, cfg, paths=request.run, checkpoint=checkpoint_path,
+                                                 bpd_dims=record.bpd_dims, quiet=request.quiet,
+                                                 recompute=request.recompute)
     except Interrupted as stop:
         stop.detail = f"nothing new was written to {folder}; rerun the same command to score it"
         raise
-    scores = scores[[c for c in SCORE_COLUMNS if c in scores] + [c for c in scores if c not in SCORE_COLUMNS]]
-    if not np.isfinite(scores["bpd"]).all():
+    if not all(np.isfinite(frame["bpd"]).all() for frame in stats.values()):
         raise OodbenchError(f"the model in {checkpoint_path} gives non-finite likelihoods; retrain it")
-    row = summary_row(scores, record=record, pair=pair, request=request, checkpoint=checkpoint_path,
-                      discretization=module.model.discretization, bound=module.model.bound,
-                      trained=_training_done(request, checkpoint))
+    base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module,
+                    trained=_training_done(request, checkpoint))
+    if cfg.scores is None:
+        names = SCORES.registered()
+    else:  # the raw likelihood always, what was asked for, and what an earlier evaluation of this setup had
+        names = list(dict.fromkeys(["likelihood", *_earlier_scores(folder, base["setup"]), *cfg.scores]))
+    rows, per_sample, skipped = score_rows(stats, base, score_variants(tuple(names)), family=record.model,
+                                           fit_set=FIT_SET if len(stats[FIT_SET]) else "in_train")
+    rows = [{column: row.get(column) for column in RESULT_COLUMNS} for row in rows]
+    frames = [stats[name].assign(set=name, dataset=sets[name].name, split=sets[name].split) for name in SETS]
+    scores = pd.concat(frames, ignore_index=True)
+    scores = scores[[*SCORE_COLUMNS, *[c for c in scores if c not in SCORE_COLUMNS]]].assign(**per_sample)
+    result = EvalResult(folder=folder, rows=rows, scores=scores, skipped=skipped, computed=tuple(computed),
+                        written=writer)
     if not writer:  # under DDP only the global-zero process writes
-        return EvalResult(folder=folder, metrics=row, scores=scores, written=False)
+        return result
+    content = {"rows": rows, "scores": names, "skipped": skipped}
     # metrics.json marks the evaluation complete: remove an older one first, so that a kill between the
     # files below never leaves new scores beside old metrics.
     (folder / "metrics.json").unlink(missing_ok=True)
@@ -261,5 +286,5 @@ def evaluate(request: EvalRequest) -> EvalResult:
     write_yaml(folder / "config.yaml", {"pair": str(pair), "checkpoint": str(checkpoint_path),
                                         "data_root": request.data_root, "eval": to_plain(cfg)})
     failpoints.reached("scores-written")
-    write_json(folder / "metrics.json", row)
-    return EvalResult(folder=folder, metrics=row, scores=scores)
+    write_json(folder / "metrics.json", content)
+    return result

@@ -7,7 +7,8 @@
       checkpoints/last.ckpt       the most recent epoch-end checkpoint (resuming starts here)
       checkpoints/best.ckpt       lowest validation bits/dim
       logs/metrics.csv            one row per complete epoch (runner/callbacks.py, EpochLog)
-      eval/<in>_vs_<out>/         scores.csv (per sample), metrics.json (one row), config.yaml
+      statistics/                 per-sample model outputs of each scored set, cached (runner/statistics.py)
+      eval/<in>_vs_<out>/         scores.csv (per sample), metrics.json (one row per score), config.yaml
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class RunPaths:
     @property
     def splits(self) -> Path:
         return self.root / "splits.npz"
+
+    @property
+    def statistics(self) -> Path:
+        return self.root / "statistics"
 
     @property
     def checkpoints(self) -> Path:

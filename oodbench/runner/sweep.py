@@ -14,6 +14,7 @@ sweep at any moment and running the same command again therefore finishes with t
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from oodbench.errors import Interrupted, OodbenchError
 from oodbench.runner.evaluate import EvalRequest, evaluate
 from oodbench.runner.layout import RunPaths, run_name
 from oodbench.runner.train import TrainRequest, train
+from oodbench.scores import SCORES
 
 ONLY_KEYS = ("model", "dataset", "seed")
 
@@ -102,12 +104,22 @@ def _available(ref_text: str, split: str, data_root: str | None) -> bool:
     return dataset_availability(ref.name, data_root).get(ref.split or split) is not None
 
 
-def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool) -> CellPlan:
+def _evaluated(metrics_json: Path, scores: tuple[str, ...] | None) -> bool:
+    """Whether an evaluation is complete and has every score asked for (all registered ones for None)."""
+    try:
+        done = set(json.loads(metrics_json.read_text())["scores"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return set(scores if scores is not None else SCORES.registered()) <= done
+
+
+def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool,
+              scores: tuple[str, ...] | None = None) -> CellPlan:
     paths = RunPaths(runs_dir / cell.name)
     todo, skipped = [], []
     for text in cell.pairs:
         pair = parse_pair(text)
-        if paths.eval_dir(str(pair.in_ref), str(pair.out_ref)).joinpath("metrics.json").is_file():
+        if _evaluated(paths.eval_dir(str(pair.in_ref), str(pair.out_ref)) / "metrics.json", scores):
             continue
         out_ref = str(pair.out_ref)
         if not download and not _available(out_ref, "test", data_root):
@@ -134,6 +146,7 @@ class SweepSettings:
     data_root: str | None = None
     download: bool = False
     quiet: bool = False
+    recompute: bool = False  # every evaluation scores its sets again instead of reading the statistics cache
 
     def train_for(self, cell: Cell) -> TrainConfig:
         return dataclasses.replace(resolve(self.profile.train_for(cell.model), self.hardware), seed=cell.seed)
@@ -158,7 +171,7 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
         ))
     for pair in plan.pairs:
         evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval_for(cell), data_root=settings.data_root,
-                             download=settings.download, quiet=settings.quiet))
+                             download=settings.download, quiet=settings.quiet, recompute=settings.recompute))
     return len(plan.pairs)
 
 
@@ -180,9 +193,10 @@ def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[Ce
 
 
 def resolve_settings(profile: Profile, runs_dir: Path, *, data_root: str | None, download: bool, quiet: bool,
-                     hardware: dict[str, Any]) -> SweepSettings:
+                     hardware: dict[str, Any], recompute: bool = False) -> SweepSettings:
     """Command-line hardware flags (those given) over the profile; the CLI's data root over the profile's."""
     return SweepSettings(
         profile=profile, runs_dir=runs_dir, hardware={k: v for k, v in hardware.items() if v is not None},
         data_root=data_root if data_root is not None else profile.data_root, download=download, quiet=quiet,
+        recompute=recompute,
     )

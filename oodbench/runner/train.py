@@ -144,7 +144,7 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = ""
 
 
 def _clear(paths: RunPaths) -> None:
-    for sub in (paths.checkpoints, paths.logs, paths.root / "eval"):
+    for sub in (paths.checkpoints, paths.logs, paths.statistics, paths.root / "eval"):
         shutil.rmtree(sub, ignore_errors=True)
     for path in (paths.config, paths.trained, paths.splits):
         path.unlink(missing_ok=True)

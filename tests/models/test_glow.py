@@ -319,7 +319,7 @@ def test_log_px_is_prior_plus_logdet_plus_discretization_and_deterministic():
         parts = model.log_prob_parts(x, noise)
         again = model.log_prob_parts(x, noise)
         first_two = model.log_prob_parts(x[:2], noise[:2])
-    assert set(parts) == {"log_px", "log_pz", "logdet"}
+    assert set(parts) == {"log_px", *model.part_names} and "logdet_level2" in parts
     assert all(value.shape == (5,) for value in parts.values())
     n_dims = 2 * 8 * 8
     expected = parts["log_pz"] + parts["logdet"] + discretization_nats(n_dims)
@@ -394,3 +394,22 @@ def test_config_defaults_and_paper_size():
     assert default.levels == 3 and default.learn_top and default.coupling == "affine"
     with pytest.raises(TypeError):
         GlowConfig(3)  # keyword-only: settings are always named
+
+
+def test_each_levels_share_of_the_prior_and_the_log_determinant():
+    # Level 1 run by hand with the literal (unfused) steps: its log-determinant and its split's prior term
+    # are what the model reports for level 1; the levels add up to the totals.
+    model = _ready_glow(GLOWS["affine"], size=8, dtype=F64)
+    y = torch.rand(3, 2, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        parts = model.flow_parts(y)
+        x, logdet = squeeze(y - 0.5), torch.zeros(3, dtype=F64)
+        for step in model.levels[0].steps:
+            x, step_logdet = step.forward_unfused(x)
+            logdet = logdet + step_logdet
+        _, _, split_log_pz = model.levels[0].split(x)
+    torch.testing.assert_close(parts["logdet_level1"], logdet)
+    torch.testing.assert_close(parts["log_pz_level1"], split_log_pz)
+    levels = range(1, model.config.levels + 1)
+    torch.testing.assert_close(sum(parts[f"logdet_level{i}"] for i in levels), parts["logdet"])
+    torch.testing.assert_close(sum(parts[f"log_pz_level{i}"] for i in levels), parts["log_pz"])

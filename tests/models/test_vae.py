@@ -138,7 +138,7 @@ def _images(batch: int, channels: int = 3, size: int = 8, seed: int = 0) -> torc
 
 def test_it_is_a_likelihood_model_with_named_parts_and_bound():
     model = _tiny()
-    assert isinstance(model, LikelihoodModel) and model.part_names == ("elbo", "kl")
+    assert isinstance(model, LikelihoodModel) and model.part_names == ("elbo", "kl", "reconstruction")
     assert model.bound == "iwae-5"
     model.iw_samples = 1
     assert model.bound == "elbo"
@@ -280,6 +280,8 @@ def test_model_bounds_converge_to_the_exact_log_px_of_a_decoder_that_ignores_z()
     elbo_error = parts["elbo"].double() - (exact - kl)
     assert elbo_error.abs().max() < 5 * elbo_sd, elbo_error
     assert (parts["log_px"] - parts["elbo"]).min() > 0.1  # the IWAE really is the tighter bound here
+    # The decoder ignores z, so every draw's reconstruction term is log p(x) itself.
+    torch.testing.assert_close(parts["reconstruction"].double(), exact, atol=1e-3, rtol=0)
 
 
 def test_model_iwae_tightens_with_k_on_its_own_shared_draws():

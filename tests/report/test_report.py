@@ -62,9 +62,9 @@ def test_epochs_are_counted_from_one():
 @pytest.mark.parametrize("setups, n_rows", [(["a", "a"], 1), (["a", "b"], 2)])
 def test_seeds_merge_only_within_one_setup(setups, n_rows):
     base = {"model": "glow", "in_dataset": "cifar10", "in_split": "test", "out_dataset": "svhn", "out_split": "test",
-            "pair": "cifar10:svhn", "score": "likelihood", "bound": "dequantized", "bpd_in_train_mean": 3.0,
-            "bpd_in_test_mean": 3.1, "bpd_out_test_mean": 2.0, "auroc": 0.1, "aupr_in": 0.3, "aupr_out": 0.3,
-            "fpr_at_95_tpr": 0.9, "fpr_at_80_tpr": 0.9}
+            "pair": "cifar10:svhn", "score": "likelihood", "score_params": "", "short": "BPD", "bound": "dequantized",
+            "bpd_in_train_mean": 3.0, "bpd_in_test_mean": 3.1, "bpd_out_test_mean": 2.0, "auroc": 0.1, "aupr_in": 0.3,
+            "aupr_out": 0.3, "fpr_at_95_tpr": 0.9, "fpr_at_80_tpr": 0.9, "n_params": 1000, "n_train": 50, "epochs": 2}
     frame = pd.DataFrame([{**base, "seed": seed, "setup": setup} for seed, setup in enumerate(setups)])
     summary = summarize(frame)
     assert len(summary) == n_rows and summary["n_seeds"].tolist() == [2] * (n_rows == 1) + [1, 1] * (n_rows == 2)

@@ -39,7 +39,7 @@ def test_ddp_train_and_evaluate_match_single_process(tmp_path):
     oodbench([*common, "--batch-size", "64", "--accelerator", "cpu", "--devices", "1"], tmp_path, env)
     single = pd.read_csv(scores_csv)
 
-    assert distributed["set"].value_counts().to_dict() == {"in_train": 33, "in_test": 101, "out_test": 101}
+    assert distributed["set"].value_counts().to_dict() == {"in_train": 33, "in_val": 500, "in_test": 101, "out_test": 101}
     pd.testing.assert_frame_equal(distributed[["set", "dataset", "split", "index"]],
                                   single[["set", "dataset", "split", "index"]])
     for column in ("log_px", "bpd", "log_pz", "logdet"):

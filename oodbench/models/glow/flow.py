@@ -108,30 +108,43 @@ class Glow(DequantizedFlow):
                 f"(B, {self.config.in_channels}, H, W) with H and W divisible by {factor}; got {tuple(y.shape)}"
             )
 
-    def _encode(self, y: torch.Tensor, keep_latents: bool) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        levels = range(1, self.config.levels + 1)
+        return ("log_pz", "logdet", *(f"log_pz_level{i}" for i in levels), *(f"logdet_level{i}" for i in levels))
+
+    def _encode(self, y: torch.Tensor, keep_latents: bool) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                                     list[torch.Tensor]]:
+        """(latents if kept, the prior term of each level, the log-determinant of each level), finest first.
+        A level's prior term is its split's conditional prior; the top level's is the top prior."""
         self._check_shape(y)
         x = y - 0.5  # centre the data; a shift has log-determinant 0
-        latents = []
-        log_pz = logdet = y.new_zeros(y.shape[0])
+        latents, log_pz, logdet = [], [], []
         for level in self.levels:
             x = squeeze(x)
+            level_logdet = y.new_zeros(y.shape[0])
             for step in level.steps:
                 x, step_logdet = step(x)
-                logdet = logdet + step_logdet
+                level_logdet = level_logdet + step_logdet
+            logdet.append(level_logdet)
             if level.split is not None:
                 x, z2, split_log_pz = level.split(x)
-                log_pz = log_pz + split_log_pz
+                log_pz.append(split_log_pz)
                 if keep_latents:
                     latents.append(z2)
-        log_pz = log_pz + self.top_prior(x)
+        log_pz.append(self.top_prior(x))
         if keep_latents:
             latents.append(x)
         return latents, log_pz, logdet
 
-    def flow_log_density(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log_pz, logdet) per sample [B] in nats, for y in [0,1)^D of shape (B, C, H, W)."""
+    def flow_parts(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per sample [B] in nats, for y in [0,1)^D of shape (B, C, H, W): `log_pz` and `logdet`, and each
+        level's share of them, `log_pz_level<i>` and `logdet_level<i>` (i = 1 the finest)."""
         _, log_pz, logdet = self._encode(y, keep_latents=False)
-        return log_pz, logdet
+        parts = {"log_pz": torch.stack(log_pz).sum(0), "logdet": torch.stack(logdet).sum(0)}
+        parts.update({f"log_pz_level{i}": term for i, term in enumerate(log_pz, start=1)})
+        parts.update({f"logdet_level{i}": term for i, term in enumerate(logdet, start=1)})
+        return parts
 
     def encode(self, y: torch.Tensor) -> list[torch.Tensor]:
         """y -> [z of each split, ..., top z]: the latents, finest level first."""

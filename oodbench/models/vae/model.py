@@ -5,8 +5,9 @@
 
 Training maximises the single-sample reparameterised ELBO with the KL term in closed form. Scoring
 reports `log_px` = IWAE-k (k = `iw_samples`, a lower bound on log p(x) that tightens as k grows; k=1
-is the single-sample ELBO), and beside it `elbo` (the Monte-Carlo ELBO from the same k samples) and
-`kl` (KL(q(z|x) || p(z)), closed form). The k latent draws of a sample come from its dataset index
+is the single-sample ELBO), and beside it `elbo` (the Monte-Carlo ELBO from the same k samples),
+`kl` (KL(q(z|x) || p(z)), closed form) and `reconstruction` (E_q[log p(x|z)], the mean over the same
+k samples), the statistics DoSE and the other scores read. The k latent draws of a sample come from its dataset index
 (`eval_noise`), so its score does not depend on batch size, device or process count.
 """
 
@@ -42,7 +43,7 @@ _HALF_STEP = 2.0**-25
 class VAE(LikelihoodModel):
     """A convolutional VAE on uint8 images (B, C, S, S); see `VAEConfig` and `networks`."""
 
-    part_names = ("elbo", "kl")
+    part_names = ("elbo", "kl", "reconstruction")
     discretization = "exact discrete decoder (256-way categorical); log_px is a lower bound on log p(x)"
 
     def __init__(self, config: VAEConfig | None = None) -> None:
@@ -96,9 +97,10 @@ class VAE(LikelihoodModel):
         eps = noise[:, 0] if noise is not None else torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
         return self._elbo(x, eps)
 
-    def log_weights(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x) with z_j = mean + std * eps[:, j]:
-        (B, k), and the closed-form KL, [B]. Decodes in chunks of at most DECODE_CHUNK_ELEMENTS logits."""
+    def log_weights(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x) with z_j = mean + std * eps[:, j], (B, k); the
+        reconstruction terms log p(x|z_j), (B, k); and the closed-form KL, [B]. Decodes in chunks of at
+        most DECODE_CHUNK_ELEMENTS logits."""
         batch, k, _ = eps.shape
         mean, log_std = self.encode(x)
         z = (mean[:, None] + torch.exp(log_std)[:, None] * eps).reshape(batch * k, -1)
@@ -109,15 +111,16 @@ class VAE(LikelihoodModel):
         ]).view(batch, k)
         z = z.view(batch, k, -1)
         log_q = gaussian_log_density(z, mean[:, None], log_std[:, None])
-        return rec + standard_normal_log_density(z) - log_q, kl_to_standard_normal(mean, log_std)
+        return rec + standard_normal_log_density(z) - log_q, rec, kl_to_standard_normal(mean, log_std)
 
     def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{"log_px": IWAE-k, "elbo": ELBO from the same k draws, "kl": closed-form KL}, each [B] in nats.
+        """{"log_px": IWAE-k, "elbo": ELBO from the same k draws, "kl": closed-form KL, "reconstruction": the
+        mean log p(x|z) of the k draws}, each [B] in nats.
         `noise`: standard-normal draws (B, k, latent_dim); fresh ones with k = `iw_samples` when None."""
         if noise is None:
             noise = torch.randn(x.shape[0], self.iw_samples, self.config.latent_dim, device=x.device)
-        log_w, kl = self.log_weights(x, noise)
-        return {"log_px": iwae_bound(log_w), "elbo": elbo_estimate(log_w), "kl": kl}
+        log_w, rec, kl = self.log_weights(x, noise)
+        return {"log_px": iwae_bound(log_w), "elbo": elbo_estimate(log_w), "kl": kl, "reconstruction": rec.mean(dim=1)}
 
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor:
         # Draw j of a sample is the same whatever k is, so IWAE-k and IWAE-2k share their first k draws.

@@ -1,0 +1,165 @@
+"""Per-sample statistics of a run's image sets: what the model says about each image, computed once
+and cached in the run folder.
+
+For every image of a set: `log_px` (nats) and `bpd` (per the run's `bpd_dims`, units.py), the family's
+parts (flows: log_pz, logdet and each level's; the VAE: elbo, kl, reconstruction; schema.py), and the
+model-free `png_bpd`, `jpeg2000_bpd` (lossless compressed length, data/compression.py). Scores are
+pure functions of these (oodbench/scores/).
+
+The model's outputs of a set are cached in `<run>/statistics/`, keyed by a hash of: the checkpoint's
+bytes, the set (dataset, split, the exact image indices, any channel conversion), the evaluation noise
+seed and the likelihood's bound (a VAE's k). So a run evaluated against five OOD sets scores its
+in-distribution sets once, adding a score reads the cache, and a changed checkpoint, noise seed or k
+is never served stale. Sets not in the cache are scored together in one Lightning predict run (one
+DDP launch), in float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from oodbench import failpoints
+from oodbench.atomic import write_with
+from oodbench.config import EvalConfig
+from oodbench.data import ImageSet
+from oodbench.data.compression import compressed_bits
+from oodbench.models.module import LikelihoodModule
+from oodbench.runner.callbacks import Failpoints
+from oodbench.runner.layout import RunPaths, slug
+from oodbench.runner.lightning import make_trainer
+from oodbench.schema import short_hash
+from oodbench.units import bits_per_dim
+
+STATISTICS_VERSION = 1  # part of every cache key: bump when what a model outputs per image changes
+CODECS = ("png", "jpeg2000")
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint: what the statistics are of)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(checkpoint_digest: str, images: ImageSet, noise_seed: int, bound: str) -> str:
+    indices = hashlib.sha256(images.index.numpy().tobytes()).hexdigest()
+    return short_hash([STATISTICS_VERSION, checkpoint_digest, images.name, images.split, images.source, indices,
+                       noise_seed, bound])
+
+
+def _cache_path(paths: RunPaths, images: ImageSet, key: str) -> Path:
+    return paths.statistics / f"{slug(images.name)}-{images.split}-{key}.npz"
+
+
+def _read(path: Path, images: ImageSet) -> pd.DataFrame | None:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            frame = pd.DataFrame({name: archive[name] for name in archive.files})
+    except (OSError, ValueError, KeyError):
+        return None  # missing or unreadable: computed again
+    if not np.array_equal(frame.get("index", pd.Series(dtype=np.int64)).to_numpy(), images.index.numpy()):
+        return None
+    return frame
+
+
+def _write(path: Path, frame: pd.DataFrame) -> None:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(handle, **{name: frame[name].to_numpy() for name in frame.columns})
+
+    write_with(path, save)
+
+
+class GatherPredictions(pl.Callback):
+    """Collects `predict_step` outputs per dataloader and, under DDP, gathers every process's share.
+
+    Lightning's predict sampler splits a set unevenly across processes (no padding) and
+    `all_gather` needs equal shapes, so each share is padded with index -1 rows that are dropped
+    after gathering. The result equals a single-process run, in dataset index order.
+    """
+
+    def __init__(self) -> None:
+        self.local: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self.gathered: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.local.setdefault(dataloader_idx, []).append({k: v.detach() for k, v in outputs.items()})
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        for idx, batches in sorted(self.local.items()):
+            parts = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+            if trainer.world_size > 1:
+                parts = _gather_padded(pl_module, parts)
+            parts = {key: value.cpu() for key, value in parts.items()}
+            order = torch.argsort(parts["index"])
+            self.gathered[idx] = {key: value[order] for key, value in parts.items()}
+
+
+def _gather_padded(pl_module: pl.LightningModule, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    n_local = parts["index"].new_tensor([parts["index"].numel()])
+    n_max = int(pl_module.all_gather(n_local).max())
+    padded = {}
+    for key, value in parts.items():
+        filler = -1 if key == "index" else 0
+        pad = value.new_full((n_max - value.numel(),), filler)
+        padded[key] = pl_module.all_gather(torch.cat([value, pad])).reshape(-1)
+    keep = padded["index"] >= 0
+    return {key: value[keep] for key, value in padded.items()}
+
+
+def model_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, quiet: bool,
+                  root: Path) -> tuple[dict[str, pd.DataFrame], bool]:
+    """The model's per-sample outputs (index, log_px, parts; float64) of every set, each in dataset index
+    order, from one Lightning predict run; and whether this is the global-zero process."""
+    loaders = [DataLoader(TensorDataset(images.images, images.index), batch_size=cfg.batch_size, shuffle=False)
+               for images in sets.values()]
+    gather = GatherPredictions()
+    callbacks: list[pl.Callback] = [gather] + ([Failpoints(resuming=False)] if failpoints.armed() else [])
+    trainer = make_trainer(root=root, accelerator=cfg.accelerator, devices=cfg.devices, precision="32-true",
+                           num_nodes=cfg.num_nodes, strategy=cfg.strategy, quiet=quiet, logger=False,
+                           callbacks=callbacks)
+    trainer.predict(module, loaders, return_predictions=False)
+    frames = {}
+    for idx, name in enumerate(sets):
+        columns = {key: value.numpy().astype(np.float64) for key, value in gather.gathered[idx].items()}
+        columns["index"] = columns["index"].astype(np.int64)
+        frames[name] = pd.DataFrame({"index": columns.pop("index"), "log_px": columns.pop("log_px"), **columns})
+    return frames, trainer.is_global_zero
+
+
+def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, *, paths: RunPaths,
+                   checkpoint: Path, bpd_dims: int, quiet: bool,
+                   recompute: bool = False) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
+    """(statistics of every set, the sets that had to be scored, whether this process writes files).
+    `recompute` scores every set again and rewrites its cache entry."""
+    digest = file_digest(checkpoint)
+    keys = {name: cache_key(digest, images, cfg.noise_seed, module.model.bound) for name, images in sets.items()}
+    outputs = {name: None if recompute else _read(_cache_path(paths, images, keys[name]), images)
+               for name, images in sets.items()}
+    missing = {name: sets[name] for name, frame in outputs.items() if frame is None}
+    writer = True
+    if missing:
+        computed, writer = model_outputs(module, missing, cfg, quiet, paths.root)
+        for name, frame in computed.items():
+            outputs[name] = frame
+            if writer:
+                _write(_cache_path(paths, sets[name], keys[name]), frame)
+    return {name: assemble(outputs[name], images, bpd_dims) for name, images in sets.items()}, list(missing), writer
+
+
+def assemble(outputs: pd.DataFrame, images: ImageSet, bpd_dims: int) -> pd.DataFrame:
+    """The model's outputs plus bits/dim and the model-free statistics, one row per image of `images`."""
+    frame = outputs.copy()
+    frame.insert(2, "bpd", bits_per_dim(frame["log_px"].to_numpy(), bpd_dims))
+    for codec in CODECS:
+        frame[f"{codec}_bpd"] = compressed_bits(images.images, codec) / bpd_dims
+    return frame

@@ -1,0 +1,54 @@
+"""OOD scores: pure functions of per-sample statistics (no model is loaded here), larger = more OOD.
+
+Each score is one small module with its paper in its docstring and one registry entry below: its
+name and the variants a results table shows (input complexity's codecs, typicality's batch sizes).
+`oodbench evaluate --scores NAME,...` and a profile's `scores:` list pick entries by name; an unknown
+name is an error listing the valid ones. A new score: a module with a `Score` subclass (base.py) and
+its test, and one `SCORES.add` line here.
+"""
+
+from __future__ import annotations
+
+from oodbench.errors import OodbenchError
+from oodbench.registry import Registry
+from oodbench.scores.base import Score
+from oodbench.scores.complexity import InputComplexity
+from oodbench.scores.dose import DoSE
+from oodbench.scores.likelihood import Likelihood
+from oodbench.scores.typicality import BATCH_SIZES, Typicality
+from oodbench.units import bits_per_dim
+
+SCORES: Registry[tuple[Score, ...]] = Registry("score")
+SCORES.add("likelihood", (Likelihood(),))
+SCORES.add("input_complexity", (InputComplexity("png"), InputComplexity("jpeg2000")))
+SCORES.add("typicality", tuple(Typicality(batch=m) for m in BATCH_SIZES))
+SCORES.add("dose", (DoSE(),))
+
+
+def parse_scores(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """"likelihood,typicality" (or a list) -> registered names, checked; None -> None (every score)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise OodbenchError(f"no score named in {text!r}; valid scores: {', '.join(SCORES.names())}")
+    for name in names:
+        SCORES.get(name)  # unknown -> the valid names
+    return tuple(dict.fromkeys(names))
+
+
+def score_variants(names: tuple[str, ...] | None) -> list[Score]:
+    """Every variant of the named scores (all registered scores when None), in registry order."""
+    chosen = SCORES.registered() if names is None else names
+    return [variant for name in chosen for variant in SCORES.get(name)]
+
+
+def short_label(name: str, params: str) -> str:
+    """The table heading of a results row's score ("typicality", "batch=5,seed=0" -> "typ M=5")."""
+    for variant in SCORES.get(name):
+        if variant.params_text == params:
+            return variant.short
+    return f"{name}({params})" if params else name
+
+
+__all__ = ["SCORES", "Score", "bits_per_dim", "parse_scores", "score_variants", "short_label"]

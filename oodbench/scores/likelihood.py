@@ -1,0 +1,25 @@
+"""`likelihood`: the raw-likelihood OOD score of Bishop (1994) that Nalisnick et al. (ICLR 2019) found
+failing: the bits/dim itself. Lower likelihood = more bits = more OOD, so the score is the BPD as is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from oodbench.scores.base import Score
+
+
+@dataclass(frozen=True)
+class Likelihood(Score):
+    name = "likelihood"
+    paper = "Nalisnick et al., ICLR 2019 (Bishop 1994)"
+    needs = ("bpd",)
+
+    @property
+    def short(self) -> str:
+        return "BPD"
+
+    def _score(self, stats: pd.DataFrame) -> np.ndarray:
+        return stats["bpd"].to_numpy()
