@@ -261,13 +261,14 @@ def evaluate(
     from oodbench.scores import parse_scores
 
     parsed = parse_pair(pair)
+    score_names = parse_scores(scores)
     if (run is None) == (model is None):
         raise OodbenchError("pass exactly one of --run DIR or --model NAME")
     paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
     chosen = _profile(profile, config)
     eval_cfg = resolve(chosen.eval_for(model) if model else chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
                                          match_channels=match_channels, iw_samples=iw_samples,
-                                         scores=parse_scores(scores),
+                                         scores=score_names,
                                          accelerator=accelerator, devices=devices,
                                          num_nodes=num_nodes, strategy=strategy))
     result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
@@ -380,11 +381,16 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
             console.print(f"[bold]{plan.action} {plan.cell.name}[/] ({len(plan.pairs)} evaluation(s))")
 
     check_writable(out, "--out")
-    completed = sweeping.sweep(plans, settings, announce, notify=console.print)
-    if completed == 0:
-        raise OodbenchError("nothing ran: every cell was skipped (see above); put the data under --data-root")
+    outcome = sweeping.sweep(plans, settings, announce, notify=lambda message: console.print(escape(message)))
+    failed = ", ".join(name for name, _ in outcome.failed)
+    if outcome.completed == 0:
+        raise OodbenchError(f"nothing ran: every cell was skipped or failed ({failed or 'see above'}); put the data "
+                            "under --data-root")
     table = write_report([runs_dir], out)
     _show_report(table.to_dict("records"), out, title=f"oodbench sweep --profile {profile}")
+    if outcome.failed:
+        raise sweeping.CellsFailed(f"{len(outcome.failed)} cell(s) failed ({failed}; why: above); the report covers "
+                                   f"the {outcome.completed} that finished; fix and rerun the same command")
 
 
 def _plan_table(plans: list[Any], title: str) -> Table:

@@ -183,6 +183,8 @@ def assert_one_line_error(code, err, expected_code=2, *fragments):
      ["bad value -5 for 'hidden_channels'", "at least 1"]),
     (["train", "--model", "glow", "--dataset", "mnist", "--precision", "bf16-true"], ["--precision", "bf16-mixed"]),
     (["evaluate", "--pair", "fashionmnist:mnist", "--model", "glow", "--precision", "bf16-mixed"], ["--precision"]),
+    (["evaluate", "--pair", "fashionmnist:mnist", "--model", "glow", "--scores", "likelihood,regret"],
+     ["unknown score 'regret'", "dose, input_complexity, likelihood, typicality"]),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragments, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

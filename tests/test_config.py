@@ -76,3 +76,12 @@ def test_unknown_key_in_a_family_override(tmp_path):
     path = write(tmp_path, "profiles:\n  p:\n    models:\n      glow: {train: {epoks: 1}}\n")
     with pytest.raises(OodbenchError, match=r"unknown key 'epoks' in .*models.glow.train"):
         load_profile("p", path)
+
+
+def test_a_profile_lists_its_scores_for_every_model(tmp_path):
+    path = write(tmp_path, "profiles:\n  p:\n    scores: [likelihood, dose]\n    models:\n      glow: {eval: {limit: 5}}\n")
+    profile = load_profile("p", path)
+    assert profile.eval.scores == ("likelihood", "dose") and profile.eval_for("glow").scores == ("likelihood", "dose")
+    bad = write(tmp_path, "profiles:\n  p:\n    scores: dose\n")
+    with pytest.raises(OodbenchError, match="'scores' in .* must be a list of score names"):
+        load_profile("p", bad)

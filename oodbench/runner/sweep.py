@@ -175,21 +175,40 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
     return len(plan.pairs)
 
 
+class CellsFailed(OodbenchError):
+    """Some cells failed (a model that diverged, a file that could not be read); the others finished."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    completed: int  # cells that ran or were already complete
+    failed: tuple[tuple[str, str], ...] = ()  # (cell, why): the sweep went on with the other cells
+
+
 def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[CellPlan], None],
-          notify: Callable[[str], None] = lambda message: None) -> int:
-    """Run every plan that has work; returns how many cells ran or were already complete."""
-    completed = 0
+          notify: Callable[[str], None] = lambda message: None) -> SweepOutcome:
+    """Run every plan that has work. A cell that fails with an expected error (a model that gives
+    non-finite likelihoods, say) is reported through `notify` and skipped, so one bad cell does not
+    cost the rest of the matrix; an unexpected error or an interruption stops the sweep."""
+    completed, failed = 0, []
     for plan in plans:
         announce(plan)
-        if plan.action != "skip":
-            try:
-                run_cell(plan, settings, notify)
-            except Interrupted as stop:
-                stop.detail = f"in cell {plan.cell.name}: {stop.detail}" if stop.detail else f"in cell {plan.cell.name}"
-                stop.detail += "; finished cells are kept" if completed else ""
-                raise
-            completed += 1
-    return completed
+        if plan.action == "skip":
+            continue
+        try:
+            run_cell(plan, settings, notify)
+        except Interrupted as stop:
+            stop.detail = f"in cell {plan.cell.name}: {stop.detail}" if stop.detail else f"in cell {plan.cell.name}"
+            stop.detail += "; finished cells are kept" if completed else ""
+            raise
+        except OodbenchError as exc:
+            failed.append((plan.cell.name, str(exc)))
+            notify(f"cell {plan.cell.name} failed: {exc}")
+            continue
+        completed += 1
+    return SweepOutcome(completed, tuple(failed))
 
 
 def resolve_settings(profile: Profile, runs_dir: Path, *, data_root: str | None, download: bool, quiet: bool,

@@ -341,3 +341,18 @@ def test_rejects_images_it_cannot_score():
     for bad in (_images(2, size=16), _images(2, channels=1), _images(2).float()):
         with pytest.raises(OodbenchError, match="uint8 images"):
             model.log_prob(bad)
+
+
+def test_index_seeded_draws_are_finite_at_both_ends_of_the_uniform_grid():
+    # index_noise takes the 2**24 values k / 2**24; the largest used to become inf (float32 rounded the
+    # half-step up to 1.0), making that image's IWAE NaN. Index 12522 of Tiny-ImageNet's training split
+    # drew it (seed 0, 100 latent dimensions) in the quick sweep.
+    from oodbench.models.vae.model import standard_normal
+
+    grid = torch.tensor([0.0, 2.0**-24, 0.5, 1 - 2.0**-23, 1 - 2.0**-24], dtype=torch.float32)
+    z = standard_normal(grid)
+    assert torch.isfinite(z).all() and z.dtype == torch.float32
+    assert z[0] == -z[-1] and abs(z[2]) < 1e-6  # symmetric: k and 2**24 - 1 - k map to opposite draws
+    model = VAE(VAEConfig(in_channels=3, image_size=32, latent_dim=100, iw_samples=1))
+    noise = model.eval_noise(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.tensor([12522]), seed=0)
+    assert torch.isfinite(noise).all()

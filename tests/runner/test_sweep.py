@@ -64,3 +64,28 @@ def test_repository_profiles_plan(staged_root):
         if name != "demo":  # the matrix: every family on every pair
             assert set(profile.models) == {"glow", "cv-glow", "pixelcnn", "vae"}
             assert {c.model for c in cells(profile)} == set(profile.models)
+
+
+@pytest.mark.slow
+def test_a_failing_cell_does_not_stop_the_others(tmp_path, staged_root, capsys, monkeypatch):
+    import pandas as pd
+
+    from oodbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks.yaml").write_text(
+        "profiles:\n  two:\n    train: {epochs: 1, batch_size: 32, limit_train: 64, val_size: 16, warmup_steps: 2}\n"
+        "    eval: {batch_size: 50, train_sample: 10, limit: 20, scores: [likelihood]}\n"
+        "    models:\n      glow: {levels: 2, steps: 1, hidden_channels: 8}\n"
+        # MNIST has one channel and CIFAR-10 three: without match_channels that evaluation fails.
+        "    pairs: [fashionmnist:mnist, mnist:cifar10]\n")
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", "--profile", "two", "--config", str(tmp_path / "benchmarks.yaml"), "--data-root",
+              str(staged_root), "--quiet"])
+    out, err = capsys.readouterr()
+    assert done.value.code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "1 cell(s) failed (glow-mnist-seed0" in lines[0], err
+    assert "cell glow-mnist-seed0 failed" in out and "--match-channels" in out
+    results = pd.read_csv(tmp_path / "results" / "two" / "results.csv")
+    assert set(results["pair"]) == {"fashionmnist:mnist"}  # the cell that worked is reported

@@ -36,8 +36,15 @@ DECODE_CHUNK_ELEMENTS = 2**27
 # the last-level cache between the convolution that writes them and the softmax that reads them (about
 # 1.8x faster for a 3x32x32 batch of 64 on 2 cores; see `make bench`). A GPU takes the whole chunk.
 CPU_HEAD_CHUNK_ELEMENTS = 2**22
-# index_noise is a multiple of 2**-24 in [0, 1); half a step keeps ndtri finite at both ends.
+# index_noise is a multiple of 2**-24 in [0, 1); moving it half a step up puts it strictly inside (0, 1),
+# where ndtri is finite. In float64: in float32, 1 - 2**-24 + 2**-25 rounds to 1.0 and ndtri(1.0) = inf,
+# which made a sample's IWAE NaN about once in 2**24 draws (the quick sweep hit it).
 _HALF_STEP = 2.0**-25
+
+
+def standard_normal(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard-normal draws (float32) from `index_noise`'s uniform values, finite for every one of them."""
+    return torch.special.ndtri(uniform.double() + _HALF_STEP).float()
 
 
 class VAE(LikelihoodModel):
@@ -124,8 +131,7 @@ class VAE(LikelihoodModel):
 
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor:
         # Draw j of a sample is the same whatever k is, so IWAE-k and IWAE-2k share their first k draws.
-        uniform = index_noise(index, (self.iw_samples, self.config.latent_dim), seed, device=x.device)
-        return torch.special.ndtri(uniform + _HALF_STEP)
+        return standard_normal(index_noise(index, (self.iw_samples, self.config.latent_dim), seed, device=x.device))
 
     @torch.no_grad()
     def sample(self, n: int, *, device: torch.device | str | None = None,
