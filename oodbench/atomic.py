@@ -64,6 +64,17 @@ def write_yaml(path: str | Path, data: Any) -> Path:
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def write_arrays(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """numpy arrays by name into one .npz file (read back with `np.load(path, allow_pickle=False)`)."""
+    import numpy as np
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(handle, **{name: np.asarray(value) for name, value in arrays.items()})
+
+    return write_with(path, save)
+
+
 def check_writable(folder: str | Path, option: str) -> Path:
     """Make sure `folder` can be created and written before any work starts; a one-line error naming
     the path and the option that chose it otherwise (nothing is left behind either way)."""

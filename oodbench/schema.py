@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from oodbench.atomic import write_with, write_yaml
+from oodbench.atomic import write_arrays, write_yaml
 from oodbench.errors import OodbenchError
 
 # Bumped when a run folder's files change meaning; older folders are refused with a clear message.
@@ -144,11 +144,7 @@ class RunRecord:
 
 def write_splits(path: Path, *, train_index: np.ndarray, val_index: np.ndarray) -> None:
     """The dataset indices (`ImageSet.index`) of the images a run trains and validates on."""
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(handle, train_index=np.asarray(train_index, np.int64), val_index=np.asarray(val_index, np.int64))
-
-    write_with(path, save)
+    write_arrays(path, {"train_index": np.asarray(train_index, np.int64), "val_index": np.asarray(val_index, np.int64)})
 
 
 def read_splits(path: Path) -> tuple[np.ndarray, np.ndarray]:

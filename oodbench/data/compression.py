@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oodbench.atomic import write_with
+from oodbench.atomic import write_arrays
 from oodbench.data.cache import cache_dir
 from oodbench.errors import OodbenchError
 
@@ -48,23 +48,20 @@ def compressed_bits(images: torch.Tensor, codec: str) -> np.ndarray:
         raise OodbenchError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
     pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
     key = hashlib.sha256(f"{codec}-{_RULE}-{pixels.shape}".encode() + pixels.tobytes()).hexdigest()[:24]
-    path = cache_dir() / "compressed" / f"{codec}-{key}.npy"
+    path = cache_dir() / "compressed" / f"{codec}-{key}.npz"
     try:
-        cached = np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as archive:
+            cached = archive["bits"]
         if cached.shape == (len(pixels),):
             return cached
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         pass
     # zlib and OpenJPEG release the GIL while they encode: threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         bits = 8 * np.fromiter(pool.map(lambda image: _encoded_bytes(image, codec), pixels), dtype=np.int64,
                                count=len(pixels))
-    def save(tmp) -> None:
-        with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a bare name
-            np.save(handle, bits)
-
     try:
-        write_with(path, save)
+        write_arrays(path, {"bits": bits})
     except OSError:  # a read-only or full cache: slower next time, nothing else
         pass
     return bits

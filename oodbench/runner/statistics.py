@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from oodbench import failpoints
-from oodbench.atomic import write_with
+from oodbench.atomic import write_arrays
 from oodbench.config import EvalConfig
 from oodbench.data import ImageSet
 from oodbench.data.compression import compressed_bits
@@ -69,14 +69,6 @@ def _read(path: Path, images: ImageSet) -> pd.DataFrame | None:
     if not np.array_equal(frame.get("index", pd.Series(dtype=np.int64)).to_numpy(), images.index.numpy()):
         return None
     return frame
-
-
-def _write(path: Path, frame: pd.DataFrame) -> None:
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(handle, **{name: frame[name].to_numpy() for name in frame.columns})
-
-    write_with(path, save)
 
 
 class GatherPredictions(pl.Callback):
@@ -152,7 +144,7 @@ def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eva
         for name, frame in computed.items():
             outputs[name] = frame
             if writer:
-                _write(_cache_path(paths, sets[name], keys[name]), frame)
+                write_arrays(_cache_path(paths, sets[name], keys[name]), {c: frame[c].to_numpy() for c in frame.columns})
     return {name: assemble(outputs[name], images, bpd_dims) for name, images in sets.items()}, list(missing), writer
 
 
