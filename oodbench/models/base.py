@@ -26,6 +26,9 @@ class LikelihoodModel(nn.Module, abc.ABC):
     """A density over 8-bit images. Subclasses set `part_names` to the extra parts they report."""
 
     part_names: tuple[str, ...] = ()
+    # Statistics computed only when a score asks for them, by name (the VAE's "regret"): costlier than
+    # the likelihood, so not part of `log_prob_parts`.
+    extra_statistics: tuple[str, ...] = ()
     # How log_px relates to the probability of the 8-bit image; reported beside every result.
     discretization: str = "exact discrete likelihood"
 
@@ -43,6 +46,11 @@ class LikelihoodModel(nn.Module, abc.ABC):
     def validation_log_prob(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The per-sample quantity (nats) the "best" checkpoint is chosen by; a VAE uses its ELBO here."""
         return self.log_prob(x, noise)
+
+    def extra_statistic(self, name: str, x: torch.Tensor, noise: torch.Tensor | None,
+                        settings: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Per-sample tensors [B] of the optional statistic `name` (one of `extra_statistics`)."""
+        raise ValueError(f"{type(self).__name__} computes no statistic {name!r}")
 
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor | None:
         """The `noise` to score `x` with, a function of (seed, index) only, so that a sample's score

@@ -51,6 +51,7 @@ class VAE(LikelihoodModel):
     """A convolutional VAE on uint8 images (B, C, S, S); see `VAEConfig` and `networks`."""
 
     part_names = ("elbo", "kl", "reconstruction")
+    extra_statistics = ("regret",)
     discretization = "exact discrete decoder (256-way categorical); log_px is a lower bound on log p(x)"
 
     def __init__(self, config: VAEConfig | None = None) -> None:
@@ -128,6 +129,17 @@ class VAE(LikelihoodModel):
             noise = torch.randn(x.shape[0], self.iw_samples, self.config.latent_dim, device=x.device)
         log_w, rec, kl = self.log_weights(x, noise)
         return {"log_px": iwae_bound(log_w), "elbo": elbo_estimate(log_w), "kl": kl, "reconstruction": rec.mean(dim=1)}
+
+    def extra_statistic(self, name: str, x: torch.Tensor, noise: torch.Tensor | None,
+                        settings: dict[str, float]) -> dict[str, torch.Tensor]:
+        """"regret": the likelihood regret of Xiao et al. (2020) with each image's posterior refitted
+        (`regret.py`), on the first of its index-seeded latent draws; {"regret", "elbo_refit"} in nats."""
+        if name != "regret":
+            return super().extra_statistic(name, x, noise, settings)
+        from oodbench.models.vae.regret import posterior_regret  # regret.py builds on this module
+
+        eps = noise[:, 0] if noise is not None else torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
+        return posterior_regret(self, x, eps, steps=int(settings["regret_steps"]), lr=float(settings["regret_lr"]))
 
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor:
         # Draw j of a sample is the same whatever k is, so IWAE-k and IWAE-2k share their first k draws.
