@@ -170,7 +170,13 @@ def train(
         "--limit-train", help="Train on N images of the training split (a fixed random subset).")] = None,
     model_set: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
                                                  help="Model setting, e.g. hidden_channels=128 (repeatable).")] = [],  # noqa: B006
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder (default runs/<model>-<dataset>-seed<seed>).")] = None,
+    background: Annotated[Optional[float], typer.Option(
+        "--background", metavar="RATE", help="Train a background model for the likelihood ratio (Ren et al. 2019): "
+        "each sub-pixel replaced by a uniform value with probability RATE (0.1-0.3; e.g. 0.2).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        "--weight-decay", help="L2 penalty on the weights (Adam's weight_decay), e.g. 1e-4 for a background model.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(
+        "--run-dir", help="Run folder (default runs/<model>-<dataset>-seed<seed>[-bg<RATE>]).")] = None,
     runs_dir: RunsDirOpt = Path("runs"),
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
@@ -192,14 +198,15 @@ def train(
     chosen = _profile(profile, config)
     train_cfg = resolve(chosen.train_for(model), dict(
         seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision))
+        background=background, weight_decay=weight_decay, accelerator=accelerator, devices=devices,
+        num_nodes=num_nodes, strategy=strategy, precision=precision))
     if max_minutes is not None and epochs is None:
         # A time budget alone replaces the profile's epoch count rather than racing it.
         train_cfg = dataclasses.replace(train_cfg, epochs=None)
     request = TrainRequest(
         model=model, dataset=dataset, train=train_cfg,
         model_settings=_model_settings(chosen, model, model_set),
-        run_dir=run_dir or runs_dir / run_name(model, dataset, train_cfg.seed),
+        run_dir=run_dir or runs_dir / run_name(model, dataset, train_cfg.seed, train_cfg.background),
         data_root=data_root if data_root is not None else chosen.data_root,
         download=download, resume=resume, overwrite=overwrite, quiet=quiet, notify=console.print,
     )
@@ -244,7 +251,14 @@ def evaluate(
         "--iw-samples", help="VAE only: importance samples k of the IWAE bound (1 = ELBO); default: the model's.")] = None,
     scores: Annotated[Optional[str], typer.Option(
         "--scores", help="OOD scores to compute, e.g. likelihood,typicality (default: every one; valid: likelihood, "
-        "input_complexity, typicality, dose). Scores the evaluation already had are kept.")] = None,
+        "input_complexity, typicality, dose, likelihood_ratio, ensemble_likelihood, waic, likelihood_regret). Scores "
+        "the evaluation already had are kept.")] = None,
+    background_run: Annotated[Optional[Path], typer.Option(
+        "--background-run", help="A background model of the same family and data (`train --background 0.2`), for "
+        "the likelihood ratio.")] = None,
+    member_run: Annotated[list[Path], typer.Option(
+        "--member-run", help="Another seed of the same setup, an ensemble member for ensemble_likelihood and waic "
+        "(repeatable).")] = [],  # noqa: B006
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     accelerator: AcceleratorOpt = None,
@@ -271,8 +285,10 @@ def evaluate(
                                          scores=score_names,
                                          accelerator=accelerator, devices=devices,
                                          num_nodes=num_nodes, strategy=strategy))
-    result = run_evaluation(EvalRequest(run=paths, pair=pair, eval=eval_cfg, data_root=data_root,
-                                        download=download, checkpoint=checkpoint, quiet=quiet, recompute=recompute))
+    result = run_evaluation(EvalRequest(
+        run=paths, pair=pair, eval=eval_cfg, data_root=data_root, download=download, checkpoint=checkpoint, quiet=quiet,
+        recompute=recompute, background=RunPaths(background_run) if background_run is not None else None,
+        members=tuple(RunPaths(p) for p in member_run)))
     if result.written:
         console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
         console.print(_scores_table(result.rows, title="scores"))

@@ -16,7 +16,8 @@ A profile in benchmarks.yaml looks like:
           glow: {levels: 3, steps: 4, hidden_channels: 64}
           pixelcnn: {nr_filters: 32, train: {limit_train: 1500}}   # per-model train/eval overrides
         pairs: [fashionmnist:mnist]
-        seeds: [0]
+        seeds: [0]                 # or per in-distribution dataset: {default: [0], cifar10: [0, 1, 2]}
+        background: 0.2            # perturbation rate of the background models, when likelihood_ratio is scored
 
 An unknown key or a value of the wrong type is an `OodbenchError` naming the key and the file.
 """
@@ -52,6 +53,11 @@ def at_least(minimum: float, default: Any, *, exclusive: bool = False) -> Any:
     return field(default=default, metadata={"min": minimum, "exclusive": exclusive})
 
 
+def fraction(default: Any) -> Any:
+    """A dataclass field whose value (unless None) must lie in (0, 1]: a probability that does something."""
+    return field(default=default, metadata={"min": 0, "exclusive": True, "max": 1})
+
+
 def one_of(choices: tuple[Any, ...], default: Any) -> Any:
     """A dataclass field whose value must be one of `choices`."""
     return field(default=default, metadata={"choices": tuple(choices)})
@@ -69,7 +75,11 @@ def check_fields(config: Any) -> None:
             low = meta["min"]
             if value < low or (meta["exclusive"] and value == low):
                 bound = f"greater than {low}" if meta["exclusive"] else f"at least {low}"
+                if "max" in meta:
+                    bound += f" and at most {meta['max']}"
                 raise SettingError(spec.name, value, f"must be {bound}")
+            if "max" in meta and value > meta["max"]:
+                raise SettingError(spec.name, value, f"must be at most {meta['max']}")
 
 
 # Lightning's precisions under which the weights stay float32, so that validation and scoring can run
@@ -88,6 +98,10 @@ class TrainConfig:
     optimizer: str = one_of(("adam", "adamax"), "adam")  # Glow's paper used both
     warmup_steps: int = at_least(0, 200)
     grad_clip_norm: float = at_least(0, 50.0, exclusive=True)
+    weight_decay: float | None = at_least(0, None)  # an L2 penalty (Adam's weight_decay); Ren et al.'s option
+    # A background model (Ren et al. 2019, data/perturb.py): each sub-pixel of every training batch is
+    # replaced by a uniform 0..255 value with this probability (the paper's 0.1-0.3), afresh each epoch.
+    background: float | None = fraction(None)
     limit_train: int | None = at_least(1, None)  # train on N images of the training split (CPU-scale runs)
     val_size: int = at_least(0, 500)  # held out from the training split, for the "best" checkpoint
     seed: int = 0
@@ -113,6 +127,9 @@ class EvalConfig:
     noise_seed: int = 0  # seeds the per-sample dequantization noise (see data/quantize.py)
     match_channels: bool = False  # convert the OOD set to the model's channel count
     iw_samples: int | None = at_least(1, None)  # importance samples of a VAE's bound; None: the model's default
+    # Likelihood regret (VAE): Adam steps and learning rate of each image's posterior refit
+    regret_steps: int = at_least(1, 20)
+    regret_lr: float = at_least(0, 0.1, exclusive=True)
     accelerator: str = "auto"
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
     num_nodes: int = at_least(1, 1)
@@ -139,8 +156,14 @@ class Profile:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # architecture settings per family
     pairs: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
+    dataset_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per in-distribution dataset
+    background: float = 0.2  # the perturbation rate of background models (likelihood ratio), Ren et al.'s default
     model_train: dict[str, TrainConfig] = field(default_factory=dict)  # a family's own training settings
     model_eval: dict[str, EvalConfig] = field(default_factory=dict)
+
+    def seeds_for(self, dataset: str) -> tuple[int, ...]:
+        """The training seeds of cells on `dataset`: the members of its ensembles when there are several."""
+        return self.dataset_seeds.get(dataset, self.seeds)
 
     def train_for(self, model: str) -> TrainConfig:
         return self.model_train.get(model, self.train)
@@ -197,7 +220,24 @@ def resolve(base: C, cli_overrides: dict[str, Any]) -> C:
         raise OodbenchError(f"bad value {exc.value!r} for {flag}: {exc.reason}") from None
 
 
-_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description", "scores"}
+_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description", "scores", "background"}
+
+
+def _seeds(raw: Any, where: str) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """`seeds: [0, 1]` (every dataset), or `seeds: {default: [0], cifar10: [0, 1, 2]}` (per in-distribution
+    dataset) -> (the default seeds, the per-dataset ones)."""
+    def seed_list(value: Any, key: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                               for s in value):
+            raise OodbenchError(f"'{key}' in {where} must be a non-empty list of integer seeds, e.g. [0, 1, 2]")
+        return tuple(dict.fromkeys(value))
+
+    if raw is None:
+        return (0,), {}
+    if isinstance(raw, dict):
+        per_dataset = {str(k): seed_list(v, f"seeds.{k}") for k, v in raw.items() if k != "default"}
+        return seed_list(raw.get("default", [0]), "seeds.default"), per_dataset
+    return seed_list(raw, "seeds"), {}
 
 
 def load_profile(name: str | None, path: Path | None = None) -> Profile:
@@ -236,6 +276,11 @@ def load_profile(name: str | None, path: Path | None = None) -> Profile:
             raise OodbenchError(f"'scores' in {where} must be a list of score names, e.g. [likelihood, dose]")
         eval_section["scores"] = raw["scores"]
     evaluation = from_mapping(EvalConfig, eval_section, where=f"{where}, section 'eval'")
+    seeds, dataset_seeds = _seeds(raw.get("seeds"), where)
+    background = raw.get("background", 0.2)
+    if isinstance(background, bool) or not isinstance(background, (int, float)) or not 0 < background <= 1:
+        raise OodbenchError(f"bad value {background!r} for 'background' in {where}: the background models' "
+                            "perturbation rate, in (0, 1] (Ren et al. use 0.1-0.3)")
     architectures, model_train, model_eval = {}, {}, {}
     for model, settings in models.items():
         settings = dict(settings or {})
@@ -255,7 +300,9 @@ def load_profile(name: str | None, path: Path | None = None) -> Profile:
         eval=evaluation,
         models=architectures,
         pairs=tuple(str(p) for p in raw.get("pairs") or ()),
-        seeds=tuple(int(s) for s in raw.get("seeds") or (0,)),
+        seeds=seeds,
+        dataset_seeds=dataset_seeds,
+        background=background,
         model_train=model_train,
         model_eval=model_eval,
     )

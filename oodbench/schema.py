@@ -38,6 +38,14 @@ SET_ROLES = {"in_train": "in-distribution, trained on", "in_val": "in-distributi
 # (flows: log_pz, logdet and each level's; the VAE: elbo, kl, reconstruction), then these, which no
 # model gives: the lossless compressed length of the image in bits per dimension (data/compression.py).
 MODEL_FREE_STATISTICS = ("png_bpd", "jpeg2000_bpd")
+# Statistics an evaluation adds only when a score asks for them (the VAE's likelihood regret, which
+# refits each image's posterior), and the prefixes of columns joined from other runs (a background
+# model's, an ensemble's members': scores/companions.py). Scores that take "every statistic the model
+# gives" (DoSE) leave both out, so they do not change with what else was evaluated.
+OPTIONAL_STATISTICS = ("regret", "elbo_refit")
+JOINED_PREFIXES = ("background_", "member_")
+# How per-sample statistics of two runs are matched: the same image of the same set.
+JOIN_KEYS = ("set", "dataset", "split", "index")
 # scores.csv: one row per image, these first, then the statistics' other columns, then one column per
 # per-sample score, named by the score's label ("score:typicality(batch=1)").
 SCORE_COLUMNS = ("set", "dataset", "split", "index", "log_px", "bpd")
@@ -59,7 +67,7 @@ RESULT_COLUMNS = (
     *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
     "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr",
     "threshold", "flagged_in", "flagged_out", "ood_lower_bpd",
-    "run", "checkpoint",
+    "run", "checkpoint", "background_run", "members",
 )
 
 
@@ -100,6 +108,11 @@ class RunRecord:
     @property
     def bpd_dims(self) -> int:
         return math.prod(self.data_shape)
+
+    @property
+    def background(self) -> float | None:
+        """The perturbation rate if this run is a background model (Ren et al. 2019), else None."""
+        return self.train.get("background")
 
     def learning_settings(self) -> dict[str, Any]:
         """Everything that changes what the model learns (not where it ran, nor for how long)."""

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from oodbench.config import TrainConfig, from_mapping
+from oodbench.data.perturb import perturb
 from oodbench.errors import OodbenchError
 from oodbench.models.families import FAMILIES, build_model, model_config
 from oodbench.units import bits_per_dim
@@ -56,6 +57,8 @@ class LikelihoodModule(pl.LightningModule):
         self.model = build_model(family, self.model_config)
         self.noise_seed = noise_seed
         self.bpd_dims = bpd_dims
+        self.statistic = "likelihood"  # what predict_step computes (statistics.py sets it)
+        self.statistic_settings: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model.log_prob_parts(x, noise)
@@ -75,6 +78,10 @@ class LikelihoodModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
+        if self.train_config.background is not None:
+            # A background model (Ren et al. 2019): drawn from the batch's seeded generator (above), so
+            # afresh each epoch and replayed exactly on resume.
+            x = perturb(x, self.train_config.background)
         loss = self._mean_bpd(self.model.training_log_prob(x), x)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
@@ -91,9 +98,15 @@ class LikelihoodModule(pl.LightningModule):
         self.log("val_bpd", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """The per-sample statistics of a batch: the likelihood and its parts, or (with `statistic` set to
+        one of the model's `extra_statistics`) that statistic, computed with its `statistic_settings`."""
         x, index = batch
         with float32_likelihood(x.device):
-            parts = self.model.log_prob_parts(x, self._eval_noise(x, index))
+            noise = self._eval_noise(x, index)
+            if self.statistic == "likelihood":
+                parts = self.model.log_prob_parts(x, noise)
+            else:
+                parts = self.model.extra_statistic(self.statistic, x, noise, self.statistic_settings)
         return {"index": index, **{name: value.float() for name, value in parts.items()}}
 
     def configure_optimizers(self):
@@ -101,7 +114,7 @@ class LikelihoodModule(pl.LightningModule):
         optimizers = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
         if cfg.optimizer not in optimizers:
             raise OodbenchError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optimizers)}")
-        optimizer = optimizers[cfg.optimizer](self.parameters(), lr=cfg.lr)
+        optimizer = optimizers[cfg.optimizer](self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
         warmup = max(1, cfg.warmup_steps)
         # Linear warm-up: flows with data-dependent init are unstable at full learning rate at first.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))

@@ -53,6 +53,7 @@ from oodbench.schema import (
     short_hash,
 )
 from oodbench.scores import SCORES, Score, score_variants
+from oodbench.scores.companions import join_background, join_members
 
 IN_TRAIN_SEED = 1  # which of the trained-on images the in-train set samples
 # Evaluation settings that change no number (index-seeded noise makes scores independent of batching),
@@ -70,6 +71,10 @@ class EvalRequest:
     checkpoint: str = "best"
     quiet: bool = False
     recompute: bool = False  # score every set again instead of reading the statistics cache
+    # Other runs whose statistics of the same images some scores need (scores/companions.py): a
+    # background model (likelihood ratio) and the other members of an ensemble (other seeds).
+    background: RunPaths | None = None
+    members: tuple[RunPaths, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,12 +207,11 @@ def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: l
 def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, request: EvalRequest,
              checkpoint: Path, module: LikelihoodModule, trained: tuple[int, float | None]) -> dict[str, Any]:
     """What every row of this evaluation shares: what was scored against what, training, bits/dim per set."""
-    evaluation = {k: v for k, v in to_plain(request.eval).items() if k not in _NOT_SETUP}
     bound = module.model.bound
     row: dict[str, Any] = {
         "model": record.model, "in_dataset": pair.in_ref.name, "in_split": pair.in_ref.split or "test",
         "out_dataset": pair.out_ref.name, "out_split": pair.out_ref.split or "test", "pair": str(pair),
-        "seed": record.seed, "setup": short_hash([record.setup(), evaluation, bound, checkpoint.name]),
+        "seed": record.seed, "setup": setup_hash(record, request, module, checkpoint),
         "unit": "bits/dim", "bpd_dims": record.bpd_dims, "discretization": module.model.discretization,
         "bound": bound, "n_params": sum(p.numel() for p in module.model.parameters()), "n_train": record.n_train,
         "epochs": trained[0], "train_seconds": trained[1],
@@ -219,8 +223,25 @@ def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, r
         row[f"bpd_{name}_mean"] = float(bpd.mean()) if bpd.size else None
         row[f"bpd_{name}_std"] = float(bpd.std(ddof=1)) if bpd.size > 1 else None
     row["ood_lower_bpd"] = ood_gets_lower_bpd(row["bpd_in_test_mean"], row["bpd_out_test_mean"])
-    row.update({"run": str(request.run.root), "checkpoint": checkpoint.name})
+    row.update({"run": str(request.run.root), "checkpoint": checkpoint.name,
+                "background_run": str(request.background.root) if request.background is not None else None,
+                "members": ",".join(map(str, sorted([record.seed, *(RunRecord.read(p.config).seed for p in request.members)])))
+                if request.members else None})
     return row
+
+
+def setup_hash(record: RunRecord, request: EvalRequest, module: LikelihoodModule, checkpoint: Path) -> str:
+    """Names what the numbers depend on: the run's setup (not its seed), the evaluation settings, the
+    bound and the checkpoint; shared by the seeds of one experiment."""
+    evaluation = {k: v for k, v in to_plain(request.eval).items() if k not in _NOT_SETUP}
+    return short_hash([record.setup(), evaluation, module.model.bound, checkpoint.name])
+
+
+def _score_names(cfg: EvalConfig, folder: Path, setup: str) -> list[str]:
+    if cfg.scores is None:
+        return SCORES.registered()
+    # the raw likelihood always, what was asked for, and what an earlier evaluation of this setup had
+    return list(dict.fromkeys(["likelihood", *_earlier_scores(folder, setup), *cfg.scores]))
 
 
 def _earlier_scores(folder: Path, setup: str) -> list[str]:
@@ -231,6 +252,65 @@ def _earlier_scores(folder: Path, setup: str) -> list[str]:
         return list(earlier["scores"]) if rows and all(r["setup"] == setup for r in rows) else []
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+@dataclass(frozen=True)
+class Companion:
+    """Another run scored on this evaluation's sets: its module, checkpoint and record."""
+
+    paths: RunPaths
+    module: LikelihoodModule
+    checkpoint: Path
+    record: RunRecord
+
+
+def _companion(paths: RunPaths, record: RunRecord, request: EvalRequest, role: str) -> Companion:
+    """The run in `paths` as this run's `role` ("background" or "member"), checked to be comparable."""
+    other = RunRecord.read(paths.config)
+    flag = "--background-run" if role == "background" else "--member-run"
+    if Path(paths.root).resolve() == Path(request.run.root).resolve():
+        raise OodbenchError(f"{flag} {paths.root} is the run being evaluated; pass another run")
+    if (other.model, other.dataset, tuple(other.image_shape), other.bpd_dims) != (
+            record.model, record.dataset, tuple(record.image_shape), record.bpd_dims):
+        raise OodbenchError(f"{flag} {paths.root} is a {other.model} on {other.dataset}; this run is a {record.model} on "
+                            f"{record.dataset}: pass a run of the same family and data")
+    if role == "background" and other.background is None:
+        raise OodbenchError(f"--background-run {paths.root} is not a background model; train one with "
+                            f"`oodbench train --model {record.model} --dataset {record.dataset} --background 0.2`")
+    if role == "member" and (other.background is not None or other.setup() != record.setup()):
+        raise OodbenchError(f"--member-run {paths.root} is not the same setup as {request.run.root} with another seed "
+                            "(its settings differ); an ensemble's members differ only in their seed")
+    checkpoint = paths.checkpoint(request.checkpoint)
+    module, _ = load_module(checkpoint)
+    module.noise_seed = request.eval.noise_seed
+    if request.eval.iw_samples is not None:
+        _set_iw_samples(module, request.eval.iw_samples, other)
+    return Companion(paths=paths, module=module, checkpoint=checkpoint, record=other)
+
+
+def _join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], request: EvalRequest,
+                     record: RunRecord, quiet: bool) -> dict[str, pd.DataFrame]:
+    """`stats` with the background model's and the ensemble members' statistics of the same images
+    joined on (computed, or read from each companion's own statistics cache); and the runs joined."""
+    cfg = request.eval
+
+    def statistics_of(companion: Companion) -> dict[str, pd.DataFrame]:
+        found, _, _ = set_statistics(companion.module, sets, cfg, paths=companion.paths, checkpoint=companion.checkpoint,
+                                     bpd_dims=record.bpd_dims, quiet=quiet, recompute=request.recompute)
+        return found
+
+    joined = dict(stats)
+    try:
+        if request.background is not None:
+            background = statistics_of(_companion(request.background, record, request, "background"))
+            joined = {name: join_background(frame, background[name]) for name, frame in joined.items()}
+        if request.members:
+            members = [statistics_of(_companion(p, record, request, "member")) for p in request.members]
+            joined = {name: join_members(frame, [stats[name], *(m[name] for m in members)])
+                      for name, frame in joined.items()}
+    except ValueError as exc:  # images that do not match: a bug or a changed data root, never a partial join
+        raise OodbenchError(str(exc)) from None
+    return joined
 
 
 def _set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
@@ -252,11 +332,16 @@ def evaluate(request: EvalRequest) -> EvalResult:
     sets = _load_sets(pair, record, request)
     check_writable(request.run.root, "--run")
     folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))
+    names = _score_names(cfg, folder, setup_hash(record, request, module, checkpoint_path))
+    variants = score_variants(tuple(names))
+    extras = tuple(dict.fromkeys(statistic for variant in variants for statistic in variant.extra_statistics
+                                 if variant.families is None or record.model in variant.families))
 
     try:
         stats, computed, writer = set_statistics(module, sets, cfg, paths=request.run, checkpoint=checkpoint_path,
                                                  bpd_dims=record.bpd_dims, quiet=request.quiet,
-                                                 recompute=request.recompute)
+                                                 recompute=request.recompute, extras=extras)
+        stats = _join_companions(stats, sets, request, record, request.quiet)
     except Interrupted as stop:
         stop.detail = f"nothing new was written to {folder}; rerun the same command to score it"
         raise
@@ -264,11 +349,7 @@ def evaluate(request: EvalRequest) -> EvalResult:
         raise OodbenchError(f"the model in {checkpoint_path} gives non-finite likelihoods; retrain it")
     base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module,
                     trained=_training_done(request, checkpoint))
-    if cfg.scores is None:
-        names = SCORES.registered()
-    else:  # the raw likelihood always, what was asked for, and what an earlier evaluation of this setup had
-        names = list(dict.fromkeys(["likelihood", *_earlier_scores(folder, base["setup"]), *cfg.scores]))
-    rows, per_sample, skipped = score_rows(stats, base, score_variants(tuple(names)), family=record.model,
+    rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model,
                                            fit_set=FIT_SET if len(stats[FIT_SET]) else "in_train")
     rows = [{column: row.get(column) for column in RESULT_COLUMNS} for row in rows]
     frames = [stats[name].assign(set=name, dataset=sets[name].name, split=sets[name].split) for name in SETS]

@@ -1,6 +1,6 @@
 """Where a run keeps its files. One folder per (model, dataset, seed):
 
-    runs/glow-fashionmnist-seed0/
+    runs/glow-fashionmnist-seed0/       (a background model of rate 0.2: glow-fashionmnist-seed0-bg0.2/)
       config.yaml                 the run record (schema.RunRecord: model, data, training, versions)
       splits.npz                  dataset indices of the images trained on and validated on
       trained.json                written when training finished (epochs, steps, best validation BPD, seconds)
@@ -27,8 +27,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
-def run_name(model: str, dataset: str, seed: int) -> str:
-    return f"{model}-{slug(dataset)}-seed{seed}"
+def run_name(model: str, dataset: str, seed: int, background: float | None = None) -> str:
+    """"glow-cifar10-seed0"; a background model (Ren et al. 2019) of perturbation rate 0.2: "...-seed0-bg0.2"."""
+    return f"{model}-{slug(dataset)}-seed{seed}" + (f"-bg{background:g}" if background is not None else "")
 
 
 @dataclass(frozen=True)

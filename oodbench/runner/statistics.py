@@ -39,6 +39,8 @@ from oodbench.units import bits_per_dim
 
 STATISTICS_VERSION = 1  # part of every cache key: bump when what a model outputs per image changes
 CODECS = ("png", "jpeg2000")
+# The evaluation settings each optional statistic depends on (part of its cache key).
+STATISTIC_SETTINGS = {"regret": ("regret_steps", "regret_lr")}
 
 
 def file_digest(path: Path) -> str:
@@ -50,14 +52,19 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(checkpoint_digest: str, images: ImageSet, noise_seed: int, bound: str) -> str:
+def cache_key(checkpoint_digest: str, images: ImageSet, noise_seed: int, bound: str,
+              statistic: str = "likelihood", settings: dict[str, float] | None = None) -> str:
     indices = hashlib.sha256(images.index.numpy().tobytes()).hexdigest()
-    return short_hash([STATISTICS_VERSION, checkpoint_digest, images.name, images.split, images.source, indices,
-                       noise_seed, bound])
+    parts: list = [STATISTICS_VERSION, checkpoint_digest, images.name, images.split, images.source, indices, noise_seed,
+                   bound]
+    if statistic != "likelihood":  # an optional statistic and the settings it was computed with
+        parts += [statistic, settings or {}]
+    return short_hash(parts)
 
 
-def _cache_path(paths: RunPaths, images: ImageSet, key: str) -> Path:
-    return paths.statistics / f"{slug(images.name)}-{images.split}-{key}.npz"
+def _cache_path(paths: RunPaths, images: ImageSet, key: str, statistic: str = "likelihood") -> Path:
+    group = "" if statistic == "likelihood" else f"{statistic}-"
+    return paths.statistics / f"{slug(images.name)}-{images.split}-{group}{key}.npz"
 
 
 def _read(path: Path, images: ImageSet) -> pd.DataFrame | None:
@@ -116,42 +123,79 @@ def model_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eval
                for images in sets.values()]
     gather = GatherPredictions()
     callbacks: list[pl.Callback] = [gather] + ([Failpoints(resuming=False)] if failpoints.armed() else [])
+    # inference_mode off: an optional statistic may optimise per image (the VAE's regret refit), which
+    # needs autograd inside predict_step; the likelihood itself runs under no_grad either way.
     trainer = make_trainer(root=root, accelerator=cfg.accelerator, devices=cfg.devices, precision="32-true",
                            num_nodes=cfg.num_nodes, strategy=cfg.strategy, quiet=quiet, logger=False,
-                           callbacks=callbacks)
+                           callbacks=callbacks, inference_mode=False)
     trainer.predict(module, loaders, return_predictions=False)
     frames = {}
     for idx, name in enumerate(sets):
         columns = {key: value.numpy().astype(np.float64) for key, value in gather.gathered[idx].items()}
         columns["index"] = columns["index"].astype(np.int64)
-        frames[name] = pd.DataFrame({"index": columns.pop("index"), "log_px": columns.pop("log_px"), **columns})
+        first = {"index": columns.pop("index")}
+        if "log_px" in columns:
+            first["log_px"] = columns.pop("log_px")
+        frames[name] = pd.DataFrame({**first, **columns})
     return frames, trainer.is_global_zero
 
 
-def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, *, paths: RunPaths,
-                   checkpoint: Path, bpd_dims: int, quiet: bool,
-                   recompute: bool = False) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
-    """(statistics of every set, the sets that had to be scored, whether this process writes files).
-    `recompute` scores every set again and rewrites its cache entry."""
-    digest = file_digest(checkpoint)
-    keys = {name: cache_key(digest, images, cfg.noise_seed, module.model.bound) for name, images in sets.items()}
-    outputs = {name: None if recompute else _read(_cache_path(paths, images, keys[name]), images)
+def extra_settings(statistic: str, cfg: EvalConfig) -> dict[str, float]:
+    """The evaluation settings an optional statistic is computed with (part of its cache key)."""
+    return {key: getattr(cfg, key) for key in STATISTIC_SETTINGS[statistic]}
+
+
+def _cached_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, *, paths: RunPaths,
+                    digest: str, statistic: str, quiet: bool, recompute: bool) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
+    """One statistic's model outputs of every set, from the cache where it has them, else computed
+    (all missing sets in one predict run) and cached."""
+    settings = extra_settings(statistic, cfg) if statistic != "likelihood" else {}
+    keys = {name: cache_key(digest, images, cfg.noise_seed, module.model.bound, statistic, settings)
+            for name, images in sets.items()}
+    outputs = {name: None if recompute else _read(_cache_path(paths, images, keys[name], statistic), images)
                for name, images in sets.items()}
     missing = {name: sets[name] for name, frame in outputs.items() if frame is None}
     writer = True
     if missing:
-        computed, writer = model_outputs(module, missing, cfg, quiet, paths.root)
+        module.statistic, module.statistic_settings = statistic, settings
+        try:
+            computed, writer = model_outputs(module, missing, cfg, quiet, paths.root)
+        finally:
+            module.statistic, module.statistic_settings = "likelihood", {}
         for name, frame in computed.items():
             outputs[name] = frame
             if writer:
-                write_arrays(_cache_path(paths, sets[name], keys[name]), {c: frame[c].to_numpy() for c in frame.columns})
-    return {name: assemble(outputs[name], images, bpd_dims) for name, images in sets.items()}, list(missing), writer
+                write_arrays(_cache_path(paths, sets[name], keys[name], statistic),
+                             {c: frame[c].to_numpy() for c in frame.columns})
+    return outputs, list(missing), writer
+
+
+def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, *, paths: RunPaths,
+                   checkpoint: Path, bpd_dims: int, quiet: bool, recompute: bool = False,
+                   extras: tuple[str, ...] = ()) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
+    """(statistics of every set, the sets that had to be scored, whether this process writes files).
+    `extras`: optional statistics of the model to add (its `extra_statistics`, e.g. the VAE's regret),
+    each cached on its own, so asking for one never recomputes the likelihood. `recompute` scores every
+    set again and rewrites its cache entries."""
+    digest = file_digest(checkpoint)
+    outputs, computed, writer = _cached_outputs(module, sets, cfg, paths=paths, digest=digest, statistic="likelihood",
+                                                quiet=quiet, recompute=recompute)
+    for statistic in extras:
+        extra, more, writes = _cached_outputs(module, sets, cfg, paths=paths, digest=digest, statistic=statistic,
+                                              quiet=quiet, recompute=recompute)
+        outputs = {name: outputs[name].merge(extra[name], on="index", how="left", validate="one_to_one")
+                   for name in sets}
+        computed += [name for name in more if name not in computed]
+        writer = writer and writes
+    return {name: assemble(outputs[name], images, bpd_dims) for name, images in sets.items()}, computed, writer
 
 
 def assemble(outputs: pd.DataFrame, images: ImageSet, bpd_dims: int) -> pd.DataFrame:
-    """The model's outputs plus bits/dim and the model-free statistics, one row per image of `images`."""
+    """The model's outputs plus bits/dim and the model-free statistics, one row per image of `images`;
+    `attrs["bpd_dims"]` says what bits/dim is per (scores that convert nats need it)."""
     frame = outputs.copy()
     frame.insert(2, "bpd", bits_per_dim(frame["log_px"].to_numpy(), bpd_dims))
     for codec in CODECS:
         frame[f"{codec}_bpd"] = compressed_bits(images.images, codec) / bpd_dims
+    frame.attrs["bpd_dims"] = bpd_dims
     return frame

@@ -42,6 +42,7 @@ from oodbench import failpoints
 from oodbench.atomic import check_writable, write_json
 from oodbench.config import TrainConfig, to_plain
 from oodbench.data import get_dataset, load_images, parse_dataset_ref
+from oodbench.data.perturb import perturb
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.models.families import model_config
 from oodbench.models.module import LikelihoodModule
@@ -250,8 +251,11 @@ def train(request: TrainRequest) -> TrainResult:
                      val_index=val_set.tensors[1].numpy() if val_set else torch.empty(0, dtype=torch.int64).numpy())
     failpoints.reached("startup")
     if plan == "fresh":
+        init = train_set.tensors[0][:INIT_BATCH]
+        if cfg.background is not None:  # a background model initialises on what it trains on
+            init = perturb(init, cfg.background, torch.Generator().manual_seed(cfg.seed))
         with torch.no_grad():
-            module.model.training_log_prob(train_set.tensors[0][:INIT_BATCH])
+            module.model.training_log_prob(init)
 
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(paths.last) if plan == "resume" else None)

@@ -14,7 +14,10 @@ from oodbench.registry import Registry
 from oodbench.scores.base import Score
 from oodbench.scores.complexity import InputComplexity
 from oodbench.scores.dose import DoSE
+from oodbench.scores.ensemble import WAIC, EnsembleLikelihood
 from oodbench.scores.likelihood import Likelihood
+from oodbench.scores.likelihood_ratio import LikelihoodRatio
+from oodbench.scores.regret import LikelihoodRegret
 from oodbench.scores.typicality import BATCH_SIZES, Typicality
 from oodbench.units import bits_per_dim
 
@@ -23,6 +26,10 @@ SCORES.add("likelihood", (Likelihood(),))
 SCORES.add("input_complexity", (InputComplexity("png"), InputComplexity("jpeg2000")))
 SCORES.add("typicality", tuple(Typicality(batch=m) for m in BATCH_SIZES))
 SCORES.add("dose", (DoSE(),))
+SCORES.add("likelihood_ratio", (LikelihoodRatio(),))
+SCORES.add("ensemble_likelihood", (EnsembleLikelihood(),))
+SCORES.add("waic", (WAIC(),))
+SCORES.add("likelihood_regret", (LikelihoodRegret(),))
 
 
 def parse_scores(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:

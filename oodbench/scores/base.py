@@ -9,6 +9,9 @@ never loads a model. Every score:
   fit return themselves;
 - then `score`s a set's statistics: one number per test unit, larger = more OOD. A unit is an image,
   or, for batch scores (typicality with M > 1), a batch of M images drawn without replacement;
+- may need statistics of other runs (a background model, ensemble members: `companions.py`), joined
+  onto the run's before scoring, or statistics computed only on request (`extra_statistics`: the VAE's
+  likelihood regret); `unusable` then says what to train or pass;
 - may carry a decision `threshold` fitted on the training-distribution statistics (units scoring above
   it are flagged OOD); None where the score defines none.
 "Larger = more OOD" is the one convention here; the metrics (`metrics.py`) rely on it.
@@ -41,6 +44,8 @@ class Score(abc.ABC):
     needs: ClassVar[tuple[str, ...]] = ("bpd",)
     families: ClassVar[tuple[str, ...] | None] = None
     per_sample: ClassVar[bool] = True  # one score per image (False: per batch)
+    extra_statistics: ClassVar[tuple[str, ...]] = ()  # statistics computed only on request (runner/statistics.py)
+    missing_hint: ClassVar[str] = ""  # what gives the needed statistics when they are missing
     threshold: float | None = None  # set by `fit` where the score has a decision rule
 
     @property
@@ -67,8 +72,14 @@ class Score(abc.ABC):
         """Why this score cannot be computed for `family` from statistics with `columns` (None: it can)."""
         if self.families is not None and family not in self.families:
             return f"{self.name} applies to {', '.join(self.families)}, not {family}"
-        missing = [c for c in self.needs if c not in columns]
-        return f"{self.name} needs the statistics {', '.join(missing)}, which {family} does not give" if missing else None
+        missing = self.missing(columns)
+        if not missing:
+            return None
+        return self.missing_hint or f"{self.name} needs the statistics {', '.join(missing)}, which {family} does not give"
+
+    def missing(self, columns: set[str]) -> list[str]:
+        """The statistics this score needs that `columns` lacks."""
+        return [c for c in self.needs if c not in columns]
 
     def fit(self, train: pd.DataFrame) -> Score:
         """A copy fitted on training-distribution statistics (scores with nothing to fit: itself)."""

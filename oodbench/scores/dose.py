@@ -10,7 +10,8 @@ the paper's "KDE-sum" variant (each statistic's density on its own; not the one-
 KDE). Each KDE is a Gaussian kernel density with Scott's rule for the bandwidth (scipy's
 `gaussian_kde` default): n^(-1/5) times the statistic's standard deviation. A statistic that is the
 same for every fit image (CV-Glow's log-determinant, constant by construction) carries no information
-and is left out. Where a family gives per-level terms, their totals (sums of them) are left out too,
+and is left out, and so are statistics of other runs and those computed only on request (schema.py).
+Where a family gives per-level terms, their totals (sums of them) are left out too,
 so no term counts twice. Larger = a less typical combination of statistics = more OOD.
 """
 
@@ -25,14 +26,15 @@ import pandas as pd
 from scipy.stats import gaussian_kde
 
 from oodbench.scores.base import Score, fitted_state
-from oodbench.schema import MODEL_FREE_STATISTICS
+from oodbench.schema import JOINED_PREFIXES, MODEL_FREE_STATISTICS, OPTIONAL_STATISTICS
 
 _LEVEL = re.compile(r"^(?P<total>.+)_level\d+$")
 
 
 def summary_statistics(columns: list[str]) -> list[str]:
     """The model statistics DoSE models: bits/dim and the family's parts, per-level terms instead of totals."""
-    model = [c for c in columns if c not in ("index", "log_px", *MODEL_FREE_STATISTICS)]
+    model = [c for c in columns if c not in ("index", "log_px", *MODEL_FREE_STATISTICS, *OPTIONAL_STATISTICS)
+             and not c.startswith(JOINED_PREFIXES)]
     totals = {match.group("total") for c in model if (match := _LEVEL.match(c))}
     return [c for c in model if c not in totals]
 
