@@ -24,6 +24,7 @@ from oodbench.errors import OodbenchError
 from oodbench.report.figures import bpd_histogram
 from oodbench.report.findings import finding
 from oodbench.report.published import PUBLISHED
+from oodbench.report.remedies import ensemble_markdown, remedies_markdown
 from oodbench.report.summary import summarize
 from oodbench.schema import RESULT_COLUMNS
 from oodbench.scores import short_label
@@ -185,13 +186,26 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "",
         "BPD: the likelihood (Nalisnick et al. 2019); IC png / IC j2k: input complexity with PNG / lossless JPEG 2000",
         "(Serra et al. 2020); typ M=k: the typicality test on batches of k images (Nalisnick et al. 2019b); DoSE:",
-        "density of states, KDE-sum (Morningstar et al. 2021). Fitted scores are fitted on the run's validation",
-        "hold-out (training-distribution images it was not trained on).",
+        "density of states, KDE-sum (Morningstar et al. 2021); LLR, ens BPD, WAIC, regret: below. Fitted scores are",
+        "fitted on the run's validation hold-out (training-distribution images it was not trained on).",
         "",
         *per_family,
         "## Every family, per score: AUROC per family and pair (mean over seeds)",
         "",
         *per_score,
+        "## Remedies that need more than one model: AUROC per family and pair (published in brackets)",
+        "",
+        "LLR: likelihood ratio against a background model trained on perturbed images (Ren et al. 2019); ensemble",
+        "BPD: log of the members' mean p(x) (Nalisnick et al. 2019); WAIC: mean minus variance of the members' log",
+        "p(x) (Choi & Jang 2018); regret: the VAE's likelihood regret with each image's posterior refitted (Xiao et al.",
+        "2020, batched variant). The ensemble's members are the setup's seeds.",
+        "",
+        remedies_markdown(summary),
+        "",
+        "### Each ensemble beside its members",
+        "",
+        ensemble_markdown(frame),
+        "",
         "## Published AUROCs beside ours",
         "",
         "Quoted from PAPER.md, to be checked against the papers; the published models are the papers' sizes.",

@@ -2,8 +2,11 @@
 
 A profile (benchmarks.yaml) names models, dataset pairs and seeds. A *cell* is one (model,
 in-distribution dataset, seed): it is trained once, then evaluated on every pair that has its dataset
-as in-distribution. Cells are ordered deterministically, so `--shard I/N` (0 <= I < N) gives each of
-N machines a disjoint slice, and `oodbench report --runs A --runs B` merges their folders.
+as in-distribution. Where the profile scores the likelihood ratio, each (model, dataset) has a
+background model (Ren et al. 2019), trained as its own cell before the seeds that use it; where a dataset has several seeds, the
+last seed's evaluations also score the ensemble of them all (ensemble likelihood, WAIC). Cells are
+ordered deterministically, so `--shard I/N` (0 <= I < N) gives each of N machines a disjoint slice of
+(model, dataset) groups, and `oodbench report --runs A --runs B` merges their folders.
 
 Resuming is by the files a cell leaves (layout.py): `trained.json` means training finished,
 `checkpoints/last.ckpt` means it resumes from the last epoch end (which replays exactly what an
@@ -36,10 +39,13 @@ class Cell:
     dataset: str  # the in-distribution dataset reference, e.g. "cifar10"
     seed: int
     pairs: tuple[str, ...]
+    background: float | None = None  # a background model of this perturbation rate (trained, not evaluated)
+    background_run: str | None = None  # the name of the background model this cell's likelihood ratio uses
+    members: tuple[int, ...] = ()  # the seeds of the ensemble this cell's evaluations score (its own among them)
 
     @property
     def name(self) -> str:
-        return run_name(self.model, self.dataset, self.seed)
+        return run_name(self.model, self.dataset, self.seed, self.background)
 
 
 @dataclass(frozen=True)
@@ -79,24 +85,43 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
+def _wants(scores: tuple[str, ...] | None, *names: str) -> bool:
+    return scores is None or any(name in scores for name in names)
+
+
+def _group(profile: Profile, model: str, dataset: str, pairs: tuple[str, ...]) -> list[Cell]:
+    """The cells of one (model, dataset): first its background model where the likelihood ratio is
+    scored (one, of the first seed, that every seed's ratio uses, as Ren et al. train one), then one cell
+    per seed; the last seed's evaluations score the ensemble of all seeds where there are several."""
+    seeds = sorted(profile.seeds_for(dataset))
+    scores = profile.eval_for(model).scores
+    members = tuple(seeds) if len(seeds) > 1 and _wants(scores, "ensemble_likelihood", "waic") else ()
+    group = []
+    background = None
+    if _wants(scores, "likelihood_ratio"):
+        group.append(Cell(model, dataset, seeds[0], (), background=profile.background))
+        background = group[0].name
+    for seed in seeds:
+        group.append(Cell(model, dataset, seed, pairs, background_run=background,
+                          members=members if seed == seeds[-1] else ()))
+    return group
+
+
 def cells(profile: Profile, *, only: dict[str, str] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Cell]:
-    """The profile's cells in a fixed order, filtered by `only`, then the `shard` slice of them."""
+    """The profile's cells in a fixed order, filtered by `only`, then the `shard` slice of them. A shard
+    takes whole (model, dataset) groups, so that a background model and an ensemble's members are
+    trained where the cells that need them are evaluated."""
     by_dataset: dict[str, list[str]] = {}
     for text in profile.pairs:
         pair = parse_pair(text)
         by_dataset.setdefault(str(pair.in_ref), []).append(str(pair))
-    everything = [
-        Cell(model, dataset, seed, tuple(pairs))
-        for model in sorted(profile.models)
-        for dataset, pairs in sorted(by_dataset.items())
-        for seed in sorted(profile.seeds)
-    ]
+    groups = [_group(profile, model, dataset, tuple(pairs))
+              for model in sorted(profile.models) for dataset, pairs in sorted(by_dataset.items())]
     only = only or {}
-    chosen = [c for c in everything
-              if only.get("model", c.model) == c.model and only.get("dataset", c.dataset) == c.dataset
-              and only.get("seed", str(c.seed)) == str(c.seed)]
     index, count = shard
-    return chosen[index::count]
+    return [c for group in groups[index::count] for c in group
+            if only.get("model", c.model) == c.model and only.get("dataset", c.dataset) == c.dataset
+            and only.get("seed", str(c.seed)) == str(c.seed)]
 
 
 def _available(ref_text: str, split: str, data_root: str | None) -> bool:
@@ -149,7 +174,8 @@ class SweepSettings:
     recompute: bool = False  # every evaluation scores its sets again instead of reading the statistics cache
 
     def train_for(self, cell: Cell) -> TrainConfig:
-        return dataclasses.replace(resolve(self.profile.train_for(cell.model), self.hardware), seed=cell.seed)
+        return dataclasses.replace(resolve(self.profile.train_for(cell.model), self.hardware), seed=cell.seed,
+                                   background=cell.background)
 
     def eval_for(self, cell: Cell) -> EvalConfig:
         # Scoring has no precision setting (it always runs in float32): pass on only what it has.
@@ -169,10 +195,23 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
             model_settings=settings.profile.models.get(cell.model, {}), data_root=settings.data_root,
             download=settings.download, quiet=settings.quiet, notify=notify,
         ))
+    background = members = None
+    if plan.pairs:
+        background = _trained(settings, cell.background_run) if cell.background_run is not None else None
+        members = tuple(filter(None, (_trained(settings, run_name(cell.model, cell.dataset, seed))
+                                      for seed in cell.members if seed != cell.seed)))
     for pair in plan.pairs:
         evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval_for(cell), data_root=settings.data_root,
-                             download=settings.download, quiet=settings.quiet, recompute=settings.recompute))
+                             download=settings.download, quiet=settings.quiet, recompute=settings.recompute,
+                             background=background, members=members or ()))
     return len(plan.pairs)
+
+
+def _trained(settings: SweepSettings, name: str) -> RunPaths | None:
+    """The run `name` under the sweep's runs folder if it finished training (a cell that failed or was
+    skipped is not; the scores that needed it are then skipped with the reason)."""
+    paths = RunPaths(settings.runs_dir / name)
+    return paths if paths.trained.is_file() else None
 
 
 class CellsFailed(OodbenchError):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from oodbench.config import Profile, load_profile
+from oodbench.config import EvalConfig, Profile, load_profile
 from oodbench.errors import OodbenchError
 from oodbench.runner.sweep import cells, parse_only, parse_shard, plan_cell
 
-PROFILE = Profile(name="t", models={"glow": {}, "cv-glow": {}},
+PROFILE = Profile(name="t", models={"glow": {}, "cv-glow": {}}, eval=EvalConfig(scores=("likelihood",)),
                   pairs=("cifar10:svhn@train", "cifar10:noise", "fashionmnist:mnist"), seeds=(1, 0))
 
 
@@ -21,11 +21,35 @@ def test_cells_are_deterministic_and_grouped_by_in_dataset():
         "cv-glow-cifar10-seed0", "cv-glow-cifar10-seed1", "cv-glow-fashionmnist-seed0", "cv-glow-fashionmnist-seed1",
         "glow-cifar10-seed0", "glow-cifar10-seed1", "glow-fashionmnist-seed0", "glow-fashionmnist-seed1"]
     assert got[0].pairs == ("cifar10:svhn@train", "cifar10:noise")
+    assert all(c.background is None and c.background_run is None and not c.members for c in got)
+
+
+def test_background_models_and_ensembles_get_their_cells():
+    profile = Profile(name="t", models={"vae": {}}, pairs=("cifar10:svhn", "fashionmnist:mnist"), seeds=(0,),
+                      dataset_seeds={"cifar10": (2, 0, 1)}, background=0.3)
+    got = cells(profile)  # every score: the likelihood ratio and the ensemble scores among them
+    assert [c.name for c in got] == [
+        "vae-cifar10-seed0-bg0.3", "vae-cifar10-seed0", "vae-cifar10-seed1", "vae-cifar10-seed2",
+        "vae-fashionmnist-seed0-bg0.3", "vae-fashionmnist-seed0"]
+    backgrounds = [c for c in got if c.background is not None]
+    assert all(c.pairs == () and c.background == 0.3 for c in backgrounds)
+    foreground = [c for c in got if c.background is None]
+    # one background model per (model, dataset), used by every seed's likelihood ratio
+    assert [c.background_run for c in foreground] == ["vae-cifar10-seed0-bg0.3"] * 3 + ["vae-fashionmnist-seed0-bg0.3"]
+    # the last seed of a dataset with several scores the ensemble of all of them; one seed makes no ensemble
+    assert [c.members for c in foreground] == [(), (), (0, 1, 2), ()]
+    # a shard keeps a (model, dataset) group together
+    assert [c.name for c in cells(profile, shard=(1, 2))] == ["vae-fashionmnist-seed0-bg0.3", "vae-fashionmnist-seed0"]
+    only_likelihood = Profile(name="t", models={"vae": {}}, pairs=("cifar10:svhn",), seeds=(0, 1),
+                              eval=EvalConfig(scores=("likelihood", "waic")))
+    assert [(c.name, c.members) for c in cells(only_likelihood)] == [("vae-cifar10-seed0", ()),
+                                                                    ("vae-cifar10-seed1", (0, 1))]
 
 
 def test_shards_partition_the_cells():
     everything = [c.name for c in cells(PROFILE)]
     shards = [[c.name for c in cells(PROFILE, shard=(i, 3))] for i in range(3)]
+    assert all(shards)
     assert sorted(sum(shards, [])) == sorted(everything)
     assert all(set(a).isdisjoint(b) for i, a in enumerate(shards) for b in shards[i + 1:])
 
