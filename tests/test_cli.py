@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cli_runs import run_cli
 from evaluation_files import likelihood_row
 
 from oodbench.cli import main
@@ -21,13 +22,6 @@ from oodbench.report import RESULT_COLUMNS
 LN2, LN256 = math.log(2), math.log(256)
 
 TINY = ["--set", "levels=2", "--set", "steps=2", "--set", "hidden_channels=16"]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,13 @@ seed and the likelihood's bound (a VAE's k). So a run evaluated against five OOD
 in-distribution sets once, adding a score reads the cache, and a changed checkpoint, noise seed or k
 is never served stale. Sets not in the cache are scored together in one Lightning predict run (one
 DDP launch), in float32.
+
+Optional statistics a score asks for (the VAE's `regret`, which refits each image's posterior: ~20
+decodes and backward passes per image) are computed by the same predict run with the model's
+`extra_statistic` and cached on their own, keyed also by the settings they use (`regret_steps`,
+`regret_lr`), so asking for one never recomputes the likelihood and changing its settings never serves
+a stale one. A companion run (a background model, an ensemble member) is scored on the same sets into
+its own run folder's cache (`runner/evaluate.py`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ from oodbench.scores.base import Score
 
 @dataclass(frozen=True)
 class LikelihoodRegret(Score):
+    # What the refit optimised, so that every results row says it (`score_params` "refit=posterior"):
+    # each image's posterior mean and log-std, not the encoder's weights (the paper's variant).
+    refit: str = "posterior"
     name = "likelihood_regret"
     paper = "Xiao et al., NeurIPS 2020 (posterior refit, batched)"
     families = ("vae",)

@@ -26,15 +26,6 @@ from oodbench.scores import bits_per_dim
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and does not stall when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randn(*shape, seed=0, scale=1.0, shift=0.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64) * scale + shift
 

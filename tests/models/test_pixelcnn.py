@@ -24,16 +24,6 @@ from oodbench.scores import bits_per_dim
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and on a shared CPU every oneDNN call's thread barrier
-    can wait out another process's time slice (a tiny forward: ~8 ms on one thread, ~0.7 s on two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(channels: int, **overrides) -> PixelCNN:
     torch.manual_seed(0)
     settings = {"in_channels": channels, "nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 3, **overrides}

@@ -21,14 +21,6 @@ from oodbench.scores import bits_per_dim
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the bounds on a model with a known answer ------------------------------------------------------
 
 

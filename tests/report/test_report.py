@@ -68,3 +68,34 @@ def test_seeds_merge_only_within_one_setup(setups, n_rows):
     frame = pd.DataFrame([{**base, "seed": seed, "setup": setup} for seed, setup in enumerate(setups)])
     summary = summarize(frame)
     assert len(summary) == n_rows and summary["n_seeds"].tolist() == [2] * (n_rows == 1) + [1, 1] * (n_rows == 2)
+
+
+def test_an_ensemble_is_shown_beside_its_own_members():
+    def row(score, seed, auroc, setup="s1", members=None):
+        return {"model": "glow", "pair": "cifar10:svhn", "in_dataset": "cifar10", "out_dataset": "svhn", "setup": setup,
+                "score": score, "seed": seed, "auroc": auroc, "members": members}
+
+    from oodbench.report.remedies import ensemble_markdown
+
+    frame = pd.DataFrame([
+        row("likelihood", 0, 0.10), row("likelihood", 1, 0.20), row("likelihood", 2, 0.30),
+        row("likelihood", 3, 0.90, setup="other"),  # another setup: not a member
+        row("ensemble_likelihood", 2, 0.15, members="0,1,2"), row("waic", 2, 0.60, members="0,1,2"),
+    ])
+    table = ensemble_markdown(frame)
+    line = next(text for text in table.splitlines() if "cifar10:svhn" in text)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # ensemble 0.150, WAIC 0.600; members 0.1, 0.2, 0.3: mean 0.200, sd 0.100, min 0.100, max 0.300, 3 of 3
+    assert cells[2:] == ["0,1,2", "0.150", "0.600", "0.200", "0.100", "0.100", "0.300", "3 of 3"]
+
+
+def test_remedies_table_puts_published_numbers_in_brackets():
+    from oodbench.report.remedies import remedies_markdown
+
+    summary = pd.DataFrame([
+        {"model": "pixelcnn", "pair": "fashionmnist:mnist", "in_dataset": "fashionmnist", "out_dataset": "mnist",
+         "score": score, "auroc_mean": auroc}
+        for score, auroc in (("likelihood", 0.03), ("likelihood_ratio", 0.71))])
+    table = remedies_markdown(summary)
+    assert "0.030 (0.089)" in table and "0.710 (0.994)" in table
+    assert "No score" in remedies_markdown(summary[summary["score"] == "likelihood"])

@@ -11,18 +11,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from cli_runs import run_cli as cli
 
 from oodbench.cli import main
 from oodbench.models.module import LikelihoodModule
 
 TINY = ["--set", "levels=2", "--set", "steps=1", "--set", "hidden_channels=8"]
-
-
-def cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
