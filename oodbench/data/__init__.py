@@ -5,7 +5,8 @@ set with other datasets'. This package owns getting those pixels: which datasets
 (`datasets.py`), where their files may live and how to read them (`sources.py`, `folders.py`), the
 synthetic sets (`synthetic.py`), the tensor cache (`cache.py`), conversions such as the "gray:"
 prefix (`transforms.py`), the `IN:OUT` pair syntax (`refs.py`) and the loader tying them together
-(`loading.py`). Dequantisation lives apart, in `quantize.py`.
+(`loading.py`). Dequantisation lives apart, in `quantize.py`; the perturbation background models
+train on (Ren et al. 2019), in `perturb.py`.
 
     >>> images = load_images("cifar10", "test", data_root="/work/shared/data")
     >>> images.images.shape, images.images.dtype      # (1017, 3, 32, 32), torch.uint8
