@@ -17,6 +17,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
 DEFAULT_SECONDS = 30.0
+# A scoring run says how long it will take once it has run this long (the first batches include start-up,
+# so the estimate errs long) and only if what is left is longer than SAY_IF_LONGER seconds.
+ESTIMATE_AFTER_SECONDS = 5.0
+SAY_IF_LONGER = 60.0
 
 
 def epoch_label(trainer: pl.Trainer, epoch: int) -> str:
@@ -102,6 +106,54 @@ class LineProgress(ProgressBar):
         if self._due():
             total = trainer.num_predict_batches[dataloader_idx]
             self._say(f"scoring set {dataloader_idx + 1}: batch {batch_idx + 1}/{total}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def scoring_estimate(images_done: int, seconds: float, images_total: int, bound: str) -> str | None:
+    """What a long scoring run says after its first batches: its size, the bound it computes and the
+    time left at the rate so far; None when what is left is short."""
+    if images_done <= 0 or seconds <= 0:
+        return None
+    rate = images_done / seconds
+    left = (images_total - images_done) / rate
+    if left < SAY_IF_LONGER:
+        return None
+    hint = "; --iw-samples and --limit make it shorter" if bound.startswith("iwae") else "; --limit makes it shorter"
+    return (f"scoring {images_total:,} images ({bound}) will take about {_duration(left)} more at "
+            f"{rate:,.1f} images/s{hint}")
+
+
+class ScoringEstimate(pl.Callback):
+    """Says once, after ESTIMATE_AFTER_SECONDS of a predict run, how long the rest will take (`scoring_estimate`)."""
+
+    def __init__(self, say: Any = None) -> None:
+        self.say = say
+        self._started = 0.0
+        self._done = 0
+        self._said = False
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started, self._done, self._said = time.monotonic(), 0, False
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._done += len(batch[0])
+        elapsed = time.monotonic() - self._started
+        if self._said or elapsed < ESTIMATE_AFTER_SECONDS:
+            return
+        self._said = True
+        total = sum(len(loader.dataset) for loader in trainer.predict_dataloaders)
+        text = scoring_estimate(self._done * trainer.world_size, elapsed, total, pl_module.model.bound)
+        if text is None or not trainer.is_global_zero:
+            return
+        if self.say is not None:
+            self.say(text)
+        else:  # through the bar, which prints above itself
+            bar = trainer.progress_bar_callback
+            (bar.print if bar is not None else print)(text)
 
 
 def progress_bar(quiet: bool) -> ProgressBar | None:

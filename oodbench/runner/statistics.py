@@ -41,6 +41,7 @@ from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import Failpoints
 from oodbench.runner.layout import RunPaths, slug
 from oodbench.runner.lightning import make_trainer
+from oodbench.runner.progress import ScoringEstimate
 from oodbench.schema import short_hash
 from oodbench.units import bits_per_dim
 
@@ -129,7 +130,8 @@ def model_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eval
     loaders = [DataLoader(TensorDataset(images.images, images.index), batch_size=cfg.batch_size, shuffle=False)
                for images in sets.values()]
     gather = GatherPredictions()
-    callbacks: list[pl.Callback] = [gather] + ([Failpoints(resuming=False)] if failpoints.armed() else [])
+    callbacks: list[pl.Callback] = [gather] + ([] if quiet else [ScoringEstimate()])
+    callbacks += [Failpoints(resuming=False)] if failpoints.armed() else []
     # inference_mode off: an optional statistic may optimise per image (the VAE's regret refit), which
     # needs autograd inside predict_step; the likelihood itself runs under no_grad either way.
     trainer = make_trainer(root=root, accelerator=cfg.accelerator, devices=cfg.devices, precision="32-true",

@@ -99,3 +99,38 @@ def test_remedies_table_puts_published_numbers_in_brackets():
     table = remedies_markdown(summary)
     assert "0.030 (0.089)" in table and "0.710 (0.994)" in table
     assert "No score" in remedies_markdown(summary[summary["score"] == "likelihood"])
+
+
+def test_a_long_scoring_run_says_how_long_it_will_take():
+    from oodbench.runner.progress import scoring_estimate
+
+    # 500 of 22,000 images in 50 s: 10 images/s, 2,150 s left -> "36 min"
+    text = scoring_estimate(500, 50.0, 22_000, "iwae-256")
+    assert text == ("scoring 22,000 images (iwae-256) will take about 36 min more at 10.0 images/s; --iw-samples and "
+                    "--limit make it shorter")
+    assert "2.1 h" in scoring_estimate(100, 50.0, 15_000, "exact") and "--iw-samples" not in scoring_estimate(
+        100, 50.0, 15_000, "exact")
+    assert scoring_estimate(900, 9.0, 1_000, "exact") is None  # 1 s left: nothing to say
+
+
+def test_the_estimate_is_said_once_after_the_first_seconds(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from oodbench.runner import progress
+
+    clock = iter([0.0, 1.0, 6.0, 7.0, 8.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    said = []
+    callback = progress.ScoringEstimate(say=said.append)
+    loader = SimpleNamespace(dataset=range(10_000))
+    trainer = SimpleNamespace(predict_dataloaders=[loader, loader], world_size=1, is_global_zero=True)
+    module = SimpleNamespace(model=SimpleNamespace(bound="iwae-16"))
+    callback.on_predict_start(trainer, module)
+    batch = (torch.zeros(50, 1), torch.arange(50))
+    for i in range(4):
+        callback.on_predict_batch_end(trainer, module, None, batch, i)
+    # said at 6 s after 100 images (16.7 images/s, 19,900 left: ~20 min), and only once
+    assert said == ["scoring 20,000 images (iwae-16) will take about 20 min more at 16.7 images/s; --iw-samples and "
+                    "--limit make it shorter"]
