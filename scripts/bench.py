@@ -17,6 +17,13 @@ is measured by the same `measure` function.
 
     python scripts/bench.py --out bench.json [--device cuda] [--steps 10] [--families glow,cv-glow]
 
+A roofline in the same run: the machine's fp32 and bf16 throughput on a matrix product (2048^3) and on
+a 3x3 convolution of Glow's hidden shape (batch 64, 128 -> 128 channels, 16x16), measured before and
+after the families (`roofline`: GFLOP/s of each, FLOPs counted by FlopCounterMode like the families');
+each family's `achieved_gflops` is also given as a fraction of the fp32 peaks (`fraction_of_peak`).
+The families run in fp32, so the fp32 peaks are their ceiling; bf16 shows what mixed precision could
+reach. Peaks that moved between before and after (`roofline.drift`, after / before) mark a noisy run.
+
 The machine is shared: other processes on the CPU inflate every number here. The JSON records the
 load average before and after, so a noisy run can be recognised (and repeated).
 """
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from oodbench.models.base import LikelihoodModel
@@ -165,6 +173,40 @@ def _gflop_per_image(model: LikelihoodModel, x: torch.Tensor, *, train: bool) ->
     return counter.get_total_flops() / x.shape[0] / 1e9
 
 
+MATMUL_N = 2048
+CONV_SHAPE = (64, 128, 16, 16)  # Glow L=3, K=8, h=128 on 3x32x32: the first level's coupling networks
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _kernels(device: torch.device, dtype: torch.dtype, generator: torch.Generator, *, matmul_n: int,
+             conv_shape: tuple[int, int, int, int]) -> dict[str, Callable[[], torch.Tensor]]:
+    a = torch.randn(matmul_n, matmul_n, generator=generator).to(device, dtype)
+    b = torch.randn(matmul_n, matmul_n, generator=generator).to(device, dtype)
+    x = torch.randn(*conv_shape, generator=generator).to(device, dtype)
+    w = (torch.randn(conv_shape[1], conv_shape[1], 3, 3, generator=generator) * 0.05).to(device, dtype)
+    return {"matmul": lambda: a @ b, "conv3x3": lambda: F.conv2d(x, w, padding=1)}
+
+
+def roofline(device: torch.device, *, steps: int, warmup: int, matmul_n: int = MATMUL_N,
+             conv_shape: tuple[int, int, int, int] = CONV_SHAPE) -> dict:
+    """GFLOP/s of a matrix product and a 3x3 convolution in fp32 and bf16 on `device` (median of `steps`)."""
+    generator = torch.Generator().manual_seed(0)
+    peaks = {}
+    for label, dtype in PEAK_DTYPES.items():
+        for kernel, run in _kernels(device, dtype, generator, matmul_n=matmul_n, conv_shape=conv_shape).items():
+            with FlopCounterMode(display=False) as counter:
+                run()
+            seconds = statistics.median(_timed(run, device, steps=steps, warmup=warmup))
+            peaks[f"{label}_{kernel}"] = {"gflop": counter.get_total_flops() / 1e9, "median_s": seconds,
+                                          "gflops": counter.get_total_flops() / seconds / 1e9}
+    return peaks
+
+
+def fraction_of_peak(achieved_gflops: float, peaks: dict) -> dict:
+    """A family's achieved GFLOP/s over each fp32 peak (its ceiling: the families run in fp32)."""
+    return {name: achieved_gflops / peak["gflops"] for name, peak in peaks.items() if name.startswith("fp32_")}
+
+
 def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
             eval_batches: list[int], seed: int = 0) -> dict:
     """Training and evaluation throughput and peak memory of one family."""
@@ -261,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     eval_batches = [int(b) for b in args.eval_batches.split(",")]
     load_before = os.getloadavg()
+    print(f"measuring this machine's peaks on {device} ...", file=sys.stderr, flush=True)
+    peaks_before = roofline(device, steps=args.steps, warmup=args.warmup)
     results = {}
     for name in families:
         print(f"benchmarking {name} on {device} ...", file=sys.stderr, flush=True)
@@ -270,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  train {train['images_per_s']:.1f} img/s at batch {train['batch_size']}; eval best "
               f"{evaluation['best']['images_per_s']:.1f} img/s at batch {evaluation['best']['batch_size']}",
               file=sys.stderr)
+    peaks_after = roofline(device, steps=args.steps, warmup=args.warmup)
+    peaks = {name: {"gflops": max(peaks_before[name]["gflops"], peaks_after[name]["gflops"]),
+                    "before": peaks_before[name], "after": peaks_after[name]} for name in peaks_before}
+    for result in results.values():
+        result["train"]["fraction_of_peak"] = fraction_of_peak(result["train"]["achieved_gflops"], peaks)
+        for mode in ("no_grad", "inference_mode"):
+            for rate in result["eval"][mode]["by_batch_size"]:
+                rate["fraction_of_peak"] = fraction_of_peak(rate["achieved_gflops"], peaks)
     report = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -284,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": f"torch.optim.Adam(lr={LR}) defaults",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
+        "roofline": {"peaks": peaks, "drift": {name: peaks_after[name]["gflops"] / peaks_before[name]["gflops"]
+                                               for name in peaks_before},
+                     "note": "best of before/after; drift = after / before (far from 1: a noisy run)"},
         "families": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
