@@ -306,7 +306,7 @@ def report(
     runs: Annotated[list[Path], typer.Option(
         "--runs", help="A folder of run folders, or a run folder (repeatable, to merge shards); sweeps keep theirs "
         "in runs/<profile>.")] = [Path("runs")],  # noqa: B006
-    out: Annotated[Path, typer.Option("--out", help="Report folder: results.csv, summary.csv, results.md, figures.")] = Path(
+    out: Annotated[Path, typer.Option("--out", help="Report folder: results.csv, summary.csv, results.md, results.tex, figures.")] = Path(
         "results"),
 ) -> None:
     """Merge the evaluations of the runs in --runs into one report folder."""
@@ -321,7 +321,8 @@ def _show_report(rows: list[dict[str, Any]], out: Path, *, title: str) -> None:
     console.print(_metrics_table(likelihood, title=title))
     console.print(_scores_table(rows, title="scores"))
     _print_findings(likelihood)
-    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md and {len(likelihood)} histogram(s)")
+    console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md, {out}/results.tex and "
+                  f"{len(likelihood)} histogram(s)")
 
 
 @app.command()

@@ -1,5 +1,5 @@
-"""`oodbench report`: merge the evaluations of some runs into `results.csv`, `summary.csv`, `results.md`
-and one bits/dim histogram per result, in a report folder that holds exactly what the report covers.
+"""`oodbench report`: merge the evaluations of some runs into `results.csv`, `summary.csv`, `results.md`,
+`results.tex` (latex.py) and one bits/dim histogram per result, in a report folder that holds exactly what the report covers.
 
 Which runs: the run folders directly inside each `--runs` folder (or `--runs` itself when it is a run
 folder), never folders further down: `runs/` and `runs/demo/` are different benchmarks, and merging
@@ -23,6 +23,7 @@ from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
 from oodbench.report.figures import bpd_histogram
 from oodbench.report.findings import finding
+from oodbench.report.latex import latex
 from oodbench.report.published import PUBLISHED
 from oodbench.report.remedies import ensemble_markdown, remedies_markdown
 from oodbench.report.summary import summarize
@@ -260,7 +261,8 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     summary = summarize(frame)
     write_with(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
     write_text(out_dir / "results.md", markdown(frame, summary, figures))
-    written = ["results.csv", "summary.csv", "results.md", *figures.values()]
+    write_text(out_dir / "results.tex", latex(summary))
+    written = ["results.csv", "summary.csv", "results.md", "results.tex", *figures.values()]
     _remove_stale(out_dir, written)
     write_json(out_dir / MANIFEST, {"runs": sorted({str(Path(f).parent.parent) for f in frame["_folder"]}),
                                     "files": written})

@@ -134,3 +134,24 @@ def test_the_estimate_is_said_once_after_the_first_seconds(monkeypatch):
     # said at 6 s after 100 images (16.7 images/s, 19,900 left: ~20 min), and only once
     assert said == ["scoring 20,000 images (iwae-16) will take about 20 min more at 16.7 images/s; --iw-samples and "
                     "--limit make it shorter"]
+
+
+def test_results_tex_bolds_the_best_score_per_pair_and_states_unit_and_bound():
+    from oodbench.report.latex import latex
+
+    def row(score, short, pair, auroc, bpd_in=3.0, bpd_out=2.0):
+        return {"model": "pixel_cnn", "pair": pair, "score": score, "short": short, "auroc_mean": auroc,
+                "bpd_in_test_mean_mean": bpd_in, "bpd_out_test_mean_mean": bpd_out, "bound": "exact", "n_seeds": 3}
+
+    summary = pd.DataFrame([
+        row("likelihood", "BPD", "cifar10:svhn", 0.2), row("likelihood_ratio", "LLR", "cifar10:svhn", 0.9),
+        row("likelihood", "BPD", "fashionmnist:mnist", 0.99996, 4.5, 1.9),
+        row("dose", "DoSE", "fashionmnist:mnist", 1.0),  # prints the same as 0.99996: both bold
+    ])
+    text = latex(summary)
+    auroc, bpd = text.split(r"\end{table}")[:2]
+    assert r"\toprule" in auroc and r"\bottomrule" in auroc
+    assert "LLR & \\textbf{0.900} & --" in auroc and "BPD & 0.200 & \\textbf{1.000}" in auroc
+    assert "DoSE & -- & \\textbf{1.000}" in auroc
+    assert "pixel\\_cnn" in auroc and "bits per dimension" in auroc and "bound: exact" in auroc and "3 seed" in auroc
+    assert "in-distribution test & 3.000 & 4.500" in bpd and "\\textbf" not in bpd
