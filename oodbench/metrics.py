@@ -54,11 +54,22 @@ def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float) -> float:
     return float(fpr[np.searchsorted(tpr_curve, tpr - _TPR_SLACK, side="left")])
 
 
+def _labelled(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, is_ood) of the two sets, checked."""
+    s_in, s_out = _validated(in_scores, "in-distribution"), _validated(out_scores, "OOD")
+    return np.concatenate([s_in, s_out]), np.concatenate([np.zeros(s_in.size, dtype=int), np.ones(s_out.size, dtype=int)])
+
+
+def roc_points(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the full ROC curve, OOD positive, larger = more OOD (the curve AUROC is the area of)."""
+    scores, is_ood = _labelled(in_scores, out_scores)
+    fpr, tpr, _ = roc_curve(is_ood, scores, drop_intermediate=False)
+    return fpr, tpr
+
+
 def ood_metrics(in_scores, out_scores) -> OODMetrics:
     """Metrics for separating `out_scores` from `in_scores`, larger = more OOD."""
-    s_in, s_out = _validated(in_scores, "in-distribution"), _validated(out_scores, "OOD")
-    scores = np.concatenate([s_in, s_out])
-    is_ood = np.concatenate([np.zeros(s_in.size, dtype=int), np.ones(s_out.size, dtype=int)])
+    scores, is_ood = _labelled(in_scores, out_scores)
     return OODMetrics(
         auroc=float(roc_auc_score(is_ood, scores)),
         aupr_in=float(average_precision_score(1 - is_ood, -scores)),

@@ -84,7 +84,7 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
     assert "summary.csv" in out
     assert sorted(json.loads((results / "report.json").read_text())["files"]) == sorted(
-        ["results.csv", "summary.csv", "results.md", "results.tex", pngs[0].name])
+        ["results.csv", "summary.csv", "results.md", "results.tex", pngs[0].name, "roc_" + pngs[0].name[len("hist_"):]])
     assert r"\begin{tabular}" in (results / "results.tex").read_text()
 
 

@@ -1,6 +1,9 @@
-"""Histograms of per-sample bits/dim in the style of Nalisnick et al. (2019), Figure 1:
-in-distribution train, in-distribution test and OOD test on one axis, each named by its dataset,
-split, role and number of images, under a title naming the model, the pair and the AUROC."""
+"""The report's figures, from an evaluation's scores.csv:
+- histograms of per-sample bits/dim in the style of Nalisnick et al. (2019), Figure 1: in-distribution
+  train, in-distribution test and OOD test on one axis, each named by its dataset, split, role and
+  number of images, under a title naming the model, the pair and the AUROC;
+- ROC curves of every per-sample score of the evaluation (OOD positive), AUROC in the legend, under a
+  title naming the model, seed, pair and image counts."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import pandas as pd  # noqa: E402
 
 from oodbench.atomic import write_with  # noqa: E402
 from oodbench.errors import OodbenchError  # noqa: E402
-from oodbench.schema import SET_ROLES  # noqa: E402
+from oodbench.metrics import ood_metrics, roc_points  # noqa: E402
+from oodbench.schema import SCORE_PREFIX, SET_ROLES  # noqa: E402
+from oodbench.scores import short_label  # noqa: E402
 
 # The paper's three sets (Figure 1); the validation hold-out, which fitted scores are fitted on, is left out.
 COLOURS = {"in_train": "#1f77b4", "in_test": "#2ca02c", "out_test": "#d62728"}
@@ -50,3 +55,40 @@ def histogram_figure(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _short(column: str) -> str:
+    """"score:typicality(batch=1,seed=0)" -> "typ M=1"."""
+    label = column.removeprefix(SCORE_PREFIX)
+    name, _, params = label.partition("(")
+    return short_label(name, params.removesuffix(")"))
+
+
+def roc_figure(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
+    """ROC curves (in-test vs out-test) of every per-sample score column of one evaluation's scores."""
+    inside, outside = scores[scores["set"] == "in_test"], scores[scores["set"] == "out_test"]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
+    for column in (c for c in scores.columns if c.startswith(SCORE_PREFIX)):
+        fpr, tpr = roc_points(inside[column], outside[column])
+        auroc = ood_metrics(inside[column], outside[column]).auroc
+        ax.plot(fpr, tpr, linewidth=1.2, label=f"{_short(column)} (AUROC {auroc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("false-positive rate (in-distribution flagged)")
+    ax.set_ylabel("true-positive rate (OOD flagged)")
+    ax.set_title(f"{row['model']} trained on {row['in_dataset']} (seed {row['seed']}): {row['pair']}\n"
+                 f"in-test n={len(inside):,}, OOD n={len(outside):,}", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(scores_csv: Path, out_png: Path, *, row: dict[str, Any]) -> Path:
+    """The ROC figure of one evaluation, from its scores.csv."""
+    try:
+        scores = pd.read_csv(scores_csv)
+    except (OSError, ValueError):
+        raise OodbenchError(f"{scores_csv} is missing or unreadable; re-run `oodbench evaluate` for it") from None
+    fig = roc_figure(scores, row)
+    write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return out_png

@@ -21,7 +21,7 @@ import pandas as pd
 
 from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
-from oodbench.report.figures import bpd_histogram
+from oodbench.report.figures import bpd_histogram, roc_curves
 from oodbench.report.findings import finding
 from oodbench.report.latex import latex
 from oodbench.report.published import PUBLISHED
@@ -160,7 +160,7 @@ def per_run_markdown(frame: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".3f")
 
 
-def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]) -> str:
+def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str], rocs: dict[int, str]) -> str:
     likelihood = likelihood_rows(frame)
     dims = ", ".join(f"{d:,}" for d in sorted(frame["bpd_dims"].unique()))
     per_family = [part for family in sorted(summary["model"].unique())
@@ -231,7 +231,8 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "",
     ]
     for i, name in sorted(figures.items()):
-        lines.append(f"![{likelihood.loc[i, 'model']} {likelihood.loc[i, 'pair']} seed {likelihood.loc[i, 'seed']}]({name})")
+        title = f"{likelihood.loc[i, 'model']} {likelihood.loc[i, 'pair']} seed {likelihood.loc[i, 'seed']}"
+        lines.append(f"![{title}: bits/dim]({name}) ![{title}: ROC curves]({rocs[i]})")
     return "\n".join(lines) + "\n"
 
 
@@ -251,18 +252,19 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     bits/dim histogram per evaluation; return the per-run table (with the `_folder` it came from)."""
     frame = collect_results(runs_dirs)
     out_dir = check_writable(out_dir, "--out")
-    figures = {}
-    for i, row in likelihood_rows(frame).iterrows():  # one figure per evaluation
-        name = f"hist_{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}_{row['setup'][:6]}.png"
-        bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / name, row=row.to_dict())
-        figures[i] = name
+    figures, rocs = {}, {}
+    for i, row in likelihood_rows(frame).iterrows():  # one histogram and one ROC figure per evaluation
+        stem = f"{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}_{row['setup'][:6]}.png"
+        bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / f"hist_{stem}", row=row.to_dict())
+        roc_curves(Path(row["_folder"]) / "scores.csv", out_dir / f"roc_{stem}", row=row.to_dict())
+        figures[i], rocs[i] = f"hist_{stem}", f"roc_{stem}"
     write_with(out_dir / "results.csv", lambda tmp: frame[list(RESULT_COLUMNS)].to_csv(tmp, index=False,
                                                                                        float_format="%.6f"))
     summary = summarize(frame)
     write_with(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
-    write_text(out_dir / "results.md", markdown(frame, summary, figures))
+    write_text(out_dir / "results.md", markdown(frame, summary, figures, rocs))
     write_text(out_dir / "results.tex", latex(summary))
-    written = ["results.csv", "summary.csv", "results.md", "results.tex", *figures.values()]
+    written = ["results.csv", "summary.csv", "results.md", "results.tex", *figures.values(), *rocs.values()]
     _remove_stale(out_dir, written)
     write_json(out_dir / MANIFEST, {"runs": sorted({str(Path(f).parent.parent) for f in frame["_folder"]}),
                                     "files": written})

@@ -52,9 +52,12 @@ def score_variants(names: tuple[str, ...] | None) -> list[Score]:
 
 def short_label(name: str, params: str) -> str:
     """The table heading of a results row's score ("typicality", "batch=5,seed=0" -> "typ M=5")."""
-    for variant in SCORES.get(name):
+    variants = SCORES.get(name)
+    for variant in variants:
         if variant.params_text == params:
             return variant.short
+    if len(variants) == 1:  # one variant: its heading, whatever parameters an older row recorded
+        return variants[0].short
     return f"{name}({params})" if params else name
 
 

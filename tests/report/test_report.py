@@ -155,3 +155,22 @@ def test_results_tex_bolds_the_best_score_per_pair_and_states_unit_and_bound():
     assert "DoSE & -- & \\textbf{1.000}" in auroc
     assert "pixel\\_cnn" in auroc and "bits per dimension" in auroc and "bound: exact" in auroc and "3 seed" in auroc
     assert "in-distribution test & 3.000 & 4.500" in bpd and "\\textbf" not in bpd
+
+
+def test_the_roc_figure_has_every_per_sample_score_with_its_auroc():
+    from oodbench.metrics import roc_points
+    from oodbench.report.figures import roc_figure
+
+    frame = pd.DataFrame({
+        "set": ["in_train"] + ["in_test"] * 4 + ["out_test"] * 4,
+        "score:likelihood": [9, 1, 2, 3, 4, 5, 6, 7, 8],  # perfectly separated
+        "score:typicality(batch=1,seed=0)": [0, 1, 5, 3, 7, 2, 6, 4, 8],
+    })
+    fig = roc_figure(frame, ROW)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    # typicality by hand: out (2, 6, 4, 8) beat in (1, 5, 3, 7) in 1+3+2+4 = 10 of 16 pairs
+    assert labels == ["BPD (AUROC 1.000)", "typ M=1 (AUROC 0.625)"]
+    assert "in-test n=4, OOD n=4" in fig.axes[0].get_title()
+    fpr, tpr = roc_points([1, 2, 3, 4], [5, 6, 7, 8])
+    assert fpr[0] == 0 and tpr[-1] == 1 and np.trapezoid(tpr, fpr) == 1.0
+    plt.close("all")
