@@ -185,6 +185,9 @@ def train(
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
+    logger: Annotated[Optional[str], typer.Option(
+        "--logger", help="Training curves to Lightning's csv, tensorboard, wandb or mlflow logger too (default: "
+        "tensorboard if installed; each needs its package); the run's logs/metrics.csv is always written.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --run-dir from its last checkpoint, e.g. with a larger --epochs. (An "
         "unfinished run with the same settings resumes without it.)")] = False,
@@ -199,7 +202,7 @@ def train(
     train_cfg = resolve(chosen.train_for(model), dict(
         seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
         background=background, weight_decay=weight_decay, accelerator=accelerator, devices=devices,
-        num_nodes=num_nodes, strategy=strategy, precision=precision))
+        num_nodes=num_nodes, strategy=strategy, precision=precision, logger=logger))
     if max_minutes is not None and epochs is None:
         # A time budget alone replaces the profile's epoch count rather than racing it.
         train_cfg = dataclasses.replace(train_cfg, epochs=None)

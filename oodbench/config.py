@@ -112,6 +112,9 @@ class TrainConfig:
     # Training may use mixed precision; the likelihoods that pick the best checkpoint are float32 anyway.
     precision: str = one_of(TRAIN_PRECISIONS, "32-true")
     num_workers: int = at_least(0, 0)
+    # Where Lightning logs training curves, besides the run's own logs/metrics.csv: "auto" is TensorBoard
+    # when it is installed; the others need their package (runner/train.py says which).
+    logger: str = one_of(("auto", "none", "csv", "tensorboard", "wandb", "mlflow"), "auto")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -53,7 +53,7 @@ SCORE_PREFIX = "score:"
 
 # Training settings that say where and how fast a run trains, not what it learns: a resumed run may
 # change them, and runs that differ only in them are the same setup.
-PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers")
+PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "logger")
 # Settings that bound how long a run trains; `train --resume` may extend them.
 BUDGET_KEYS = ("epochs", "max_minutes")
 

@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning import loggers
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -116,11 +116,29 @@ def holdout(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return rest[:n_train].sort().values, order[:n_val].sort().values
 
 
-def _loggers(paths: RunPaths) -> list:
-    """TensorBoard's event files when tensorboard is installed; the per-epoch CSV is `EpochLog`'s."""
-    if importlib.util.find_spec("tensorboard") is None:
-        return []
-    return [TensorBoardLogger(save_dir=paths.root, name="logs", version="tensorboard")]
+# --logger NAME -> (the package it needs, how to build it for a run folder)
+_LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _loggers(paths: RunPaths, name: str) -> list:
+    """Lightning's logger for `--logger` (the per-epoch CSV of the run is `EpochLog`'s, always); a logger
+    whose package is missing is an error naming it; "auto" is TensorBoard when it is installed."""
+    if name == "auto":
+        name = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    package = _LOGGER_PACKAGES.get(name)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise OodbenchError(f"--logger {name} needs the {package} package, which is not installed: pip install {package} "
+                            "(or pick --logger csv)")
+    root = str(paths.logs)
+    made = {
+        "none": lambda: [],
+        "csv": lambda: [loggers.CSVLogger(save_dir=str(paths.root), name="logs", version="csv")],
+        "tensorboard": lambda: [loggers.TensorBoardLogger(save_dir=str(paths.root), name="logs", version="tensorboard")],
+        "wandb": lambda: [loggers.WandbLogger(save_dir=root, project="oodbench", name=paths.root.name)],
+        "mlflow": lambda: [loggers.MLFlowLogger(experiment_name="oodbench", run_name=paths.root.name,
+                                                tracking_uri=f"file:{paths.logs / 'mlruns'}")],
+    }
+    return made[name]()
 
 
 def _limits(cfg: TrainConfig) -> dict[str, Any]:
@@ -195,6 +213,7 @@ def train(request: TrainRequest) -> TrainResult:
     model_config(request.model, request.model_settings)  # bad names and settings fail before any data loads
     paths = RunPaths(Path(request.run_dir))
     check_writable(paths.root, "--run-dir")
+    logger = _loggers(paths, cfg.logger)  # a missing package fails before any data loads
     # Under DDP every process runs this function; only the first decides, prepares the folder and writes
     # (Lightning re-launches the command for the other ranks, which then find the folder already made).
     first_process = rank_zero_only.rank == 0
@@ -237,7 +256,7 @@ def train(request: TrainRequest) -> TrainResult:
     trainer = make_trainer(
         root=paths.root, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=cfg.precision, quiet=request.quiet, callbacks=callbacks,
-        logger=_loggers(paths), gradient_clip_val=cfg.grad_clip_norm,
+        logger=logger, gradient_clip_val=cfg.grad_clip_norm,
         gradient_clip_algorithm="norm", log_every_n_steps=10, deterministic=False, **limits,
     )
     if first_process:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
+import pandas as pd
 import pytest
 import torch
 
@@ -55,3 +57,25 @@ def test_a_run_folder_of_an_older_format_is_refused_by_name(tmp_path):
     path.write_text("model: glow\ndataset: mnist\nseed: 0\n")
     with pytest.raises(OodbenchError, match=f"older oodbench .*reads {RUN_SCHEMA}.*--overwrite"):
         RunRecord.read(path)
+
+
+@pytest.mark.slow
+def test_the_logger_flag_passes_through_to_lightning(tmp_path, staged_root, capsys):
+    from cli_runs import run_cli
+
+    common = ["train", "--model", "glow", "--dataset", "fashionmnist", "--data-root", staged_root, "--epochs", "1",
+              "--limit-train", "64", "--batch-size", "32", "--quiet", "--set", "levels=2", "--set", "steps=1",
+              "--set", "hidden_channels=8"]
+    code, _, err = run_cli([*common, "--run-dir", tmp_path / "csv", "--logger", "csv"], capsys)
+    assert code == 0, err
+    lightning_csv = pd.read_csv(tmp_path / "csv" / "logs" / "csv" / "metrics.csv")
+    assert {"train_bpd_epoch", "val_bpd"} <= set(lightning_csv.columns)  # Lightning's own CSV, beside the run's logs/metrics.csv
+    assert (tmp_path / "csv" / "logs" / "metrics.csv").is_file()
+    for name, package in (("wandb", "wandb"), ("mlflow", "mlflow")):
+        if importlib.util.find_spec(package) is not None:
+            continue
+        code, _, err = run_cli([*common, "--run-dir", tmp_path / name, "--logger", name], capsys)
+        assert code == 2 and f"needs the {package} package" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())  # nothing half-written
+    code, _, err = run_cli([*common, "--run-dir", tmp_path / "bad", "--logger", "neptune"], capsys)
+    assert code == 2 and "--logger" in err and "csv" in err, err
