@@ -27,16 +27,21 @@ from oodbench.scores import short_label  # noqa: E402
 COLOURS = {"in_train": "#1f77b4", "in_test": "#2ca02c", "out_test": "#d62728"}
 
 
-def bpd_histogram(scores_csv: Path, out_png: Path, *, row: dict[str, Any]) -> Path:
-    """The figure of one results row (`schema.RESULT_COLUMNS`), from that evaluation's scores.csv."""
+def _figure_file(draw, scores_csv: Path, out_png: Path, row: dict[str, Any], usecols: list[str] | None = None) -> Path:
+    """`draw(scores, row)` of an evaluation's scores.csv, written atomically to `out_png`."""
     try:
-        scores = pd.read_csv(scores_csv, usecols=["set", "dataset", "split", "bpd"])
+        scores = pd.read_csv(scores_csv, usecols=usecols)
     except (OSError, ValueError):
         raise OodbenchError(f"{scores_csv} is missing or unreadable; re-run `oodbench evaluate` for it") from None
-    fig = histogram_figure(scores, row)
+    fig = draw(scores, row)
     write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out_png
+
+
+def bpd_histogram(scores_csv: Path, out_png: Path, *, row: dict[str, Any]) -> Path:
+    """The histogram figure of one results row (`schema.RESULT_COLUMNS`), from that evaluation's scores.csv."""
+    return _figure_file(histogram_figure, scores_csv, out_png, row, usecols=["set", "dataset", "split", "bpd"])
 
 
 def histogram_figure(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
@@ -84,11 +89,4 @@ def roc_figure(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
 
 def roc_curves(scores_csv: Path, out_png: Path, *, row: dict[str, Any]) -> Path:
     """The ROC figure of one evaluation, from its scores.csv."""
-    try:
-        scores = pd.read_csv(scores_csv)
-    except (OSError, ValueError):
-        raise OodbenchError(f"{scores_csv} is missing or unreadable; re-run `oodbench evaluate` for it") from None
-    fig = roc_figure(scores, row)
-    write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return out_png
+    return _figure_file(roc_figure, scores_csv, out_png, row)
