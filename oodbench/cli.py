@@ -325,7 +325,7 @@ def _show_report(rows: list[dict[str, Any]], out: Path, *, title: str) -> None:
     console.print(_scores_table(rows, title="scores"))
     _print_findings(likelihood)
     console.print(f"wrote {out}/results.csv, {out}/summary.csv, {out}/results.md, {out}/results.tex and "
-                  f"{len(likelihood)} histogram(s)")
+                  f"{len(likelihood)} histogram(s) and {len(likelihood)} ROC figure(s)")
 
 
 @app.command()
