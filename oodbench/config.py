@@ -280,10 +280,8 @@ def load_profile(name: str | None, path: Path | None = None) -> Profile:
         eval_section["scores"] = raw["scores"]
     evaluation = from_mapping(EvalConfig, eval_section, where=f"{where}, section 'eval'")
     seeds, dataset_seeds = _seeds(raw.get("seeds"), where)
-    background = raw.get("background", 0.2)
-    if isinstance(background, bool) or not isinstance(background, (int, float)) or not 0 < background <= 1:
-        raise OodbenchError(f"bad value {background!r} for 'background' in {where}: the background models' "
-                            "perturbation rate, in (0, 1] (Ren et al. use 0.1-0.3)")
+    # the background models' perturbation rate, checked as TrainConfig.background is
+    background = from_mapping(TrainConfig, {"background": raw.get("background", 0.2)}, where=where).background
     architectures, model_train, model_eval = {}, {}, {}
     for model, settings in models.items():
         settings = dict(settings or {})

@@ -85,3 +85,14 @@ def test_a_profile_lists_its_scores_for_every_model(tmp_path):
     bad = write(tmp_path, "profiles:\n  p:\n    scores: dose\n")
     with pytest.raises(OodbenchError, match="'scores' in .* must be a list of score names"):
         load_profile("p", bad)
+
+
+def test_seeds_per_dataset_and_the_background_rate(tmp_path):
+    profile = load_profile("p", write(tmp_path, "profiles:\n  p:\n    seeds: {default: [0], cifar10: [0, 1, 2]}\n"
+                                                "    background: 0.3\n"))
+    assert profile.seeds_for("cifar10") == (0, 1, 2) and profile.seeds_for("svhn") == (0,)
+    assert profile.background == 0.3 and load_profile("p", write(tmp_path, "profiles:\n  p: {}\n")).background == 0.2
+    for bad, fragment in (("background: 1.5", "must be at most 1"), ("background: 0", "greater than 0"),
+                          ("seeds: {cifar10: []}", "seeds.cifar10"), ("seeds: [a]", "integer seeds")):
+        with pytest.raises(OodbenchError, match=fragment):
+            load_profile("p", write(tmp_path, f"profiles:\n  p:\n    {bad}\n"))

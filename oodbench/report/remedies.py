@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from oodbench.report.published import PUBLISHED
+from oodbench.scores import SCORES
 
 REMEDIES = ("likelihood", "likelihood_ratio", "ensemble_likelihood", "waic", "likelihood_regret")
 _KEYS = ["model", "pair", "in_dataset", "out_dataset", "setup"]
@@ -34,15 +35,10 @@ def remedies_markdown(summary: pd.DataFrame) -> str:
         line = {"family": model, "pair": pair}
         for score in REMEDIES:
             found = group[group["score"] == score]
-            line[_heading(score)] = ("-" if found.empty else
+            line[SCORES.get(score)[0].short] = ("-" if found.empty else
                                      f"{found['auroc_mean'].iloc[0]:.3f}") + _published(score, model, in_dataset, out_dataset)
         lines.append(line)
     return pd.DataFrame(lines).to_markdown(index=False)
-
-
-def _heading(score: str) -> str:
-    return {"likelihood": "BPD", "likelihood_ratio": "LLR", "ensemble_likelihood": "ensemble BPD", "waic": "WAIC",
-            "likelihood_regret": "regret (VAE)"}[score]
 
 
 def ensemble_markdown(frame: pd.DataFrame) -> str:

@@ -205,7 +205,8 @@ def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: l
 
 
 def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, request: EvalRequest,
-             checkpoint: Path, module: LikelihoodModule, trained: tuple[int, float | None]) -> dict[str, Any]:
+             checkpoint: Path, module: LikelihoodModule, trained: tuple[int, float | None],
+             members: str | None = None) -> dict[str, Any]:
     """What every row of this evaluation shares: what was scored against what, training, bits/dim per set."""
     bound = module.model.bound
     row: dict[str, Any] = {
@@ -225,8 +226,7 @@ def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, r
     row["ood_lower_bpd"] = ood_gets_lower_bpd(row["bpd_in_test_mean"], row["bpd_out_test_mean"])
     row.update({"run": str(request.run.root), "checkpoint": checkpoint.name,
                 "background_run": str(request.background.root) if request.background is not None else None,
-                "members": ",".join(map(str, sorted([record.seed, *(RunRecord.read(p.config).seed for p in request.members)])))
-                if request.members else None})
+                "members": members})
     return row
 
 
@@ -289,9 +289,10 @@ def _companion(paths: RunPaths, record: RunRecord, request: EvalRequest, role: s
 
 
 def _join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], request: EvalRequest,
-                     record: RunRecord, quiet: bool) -> dict[str, pd.DataFrame]:
+                     record: RunRecord, quiet: bool) -> tuple[dict[str, pd.DataFrame], str | None]:
     """`stats` with the background model's and the ensemble members' statistics of the same images
-    joined on (computed, or read from each companion's own statistics cache); and the runs joined."""
+    joined on (computed, or read from each companion's own statistics cache); and the ensemble's seeds
+    ("0,1,2", the run's own among them; None without members)."""
     cfg = request.eval
 
     def statistics_of(companion: Companion) -> dict[str, pd.DataFrame]:
@@ -299,18 +300,20 @@ def _join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], 
                                      bpd_dims=record.bpd_dims, quiet=quiet, recompute=request.recompute)
         return found
 
-    joined = dict(stats)
+    joined, seeds = dict(stats), None
     try:
         if request.background is not None:
             background = statistics_of(_companion(request.background, record, request, "background"))
             joined = {name: join_background(frame, background[name]) for name, frame in joined.items()}
         if request.members:
-            members = [statistics_of(_companion(p, record, request, "member")) for p in request.members]
+            companions = [_companion(p, record, request, "member") for p in request.members]
+            members = [statistics_of(companion) for companion in companions]
             joined = {name: join_members(frame, [stats[name], *(m[name] for m in members)])
                       for name, frame in joined.items()}
+            seeds = ",".join(map(str, sorted([record.seed, *(c.record.seed for c in companions)])))
     except ValueError as exc:  # images that do not match: a bug or a changed data root, never a partial join
         raise OodbenchError(str(exc)) from None
-    return joined
+    return joined, seeds
 
 
 def _set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
@@ -341,14 +344,14 @@ def evaluate(request: EvalRequest) -> EvalResult:
         stats, computed, writer = set_statistics(module, sets, cfg, paths=request.run, checkpoint=checkpoint_path,
                                                  bpd_dims=record.bpd_dims, quiet=request.quiet,
                                                  recompute=request.recompute, extras=extras)
-        stats = _join_companions(stats, sets, request, record, request.quiet)
+        stats, members = _join_companions(stats, sets, request, record, request.quiet)
     except Interrupted as stop:
         stop.detail = f"nothing new was written to {folder}; rerun the same command to score it"
         raise
     if not all(np.isfinite(frame["bpd"]).all() for frame in stats.values()):
         raise OodbenchError(f"the model in {checkpoint_path} gives non-finite likelihoods; retrain it")
     base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module,
-                    trained=_training_done(request, checkpoint))
+                    trained=_training_done(request, checkpoint), members=members)
     rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model,
                                            fit_set=FIT_SET if len(stats[FIT_SET]) else "in_train")
     rows = [{column: row.get(column) for column in RESULT_COLUMNS} for row in rows]

@@ -116,7 +116,7 @@ def holdout(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return rest[:n_train].sort().values, order[:n_val].sort().values
 
 
-# --logger NAME -> (the package it needs, how to build it for a run folder)
+# --logger NAME -> the package it needs (csv and none need none)
 _LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
