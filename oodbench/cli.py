@@ -55,6 +55,9 @@ NodesOpt = Annotated[Optional[int], typer.Option("--num-nodes", help="Lightning 
 StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy: auto, ddp...")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+SkipUnreadableOpt = Annotated[bool, typer.Option(
+    "--skip-unreadable", help="folder: datasets: leave out files Pillow cannot read (counted in the output) instead "
+    "of stopping with the list of them.")]
 RecomputeOpt = Annotated[bool, typer.Option(
     "--recompute-statistics", help="Score every set with the model again instead of reading the run's statistics "
     "cache (the cache is keyed by checkpoint, images and settings, so this is never needed for correctness).")]
@@ -158,7 +161,8 @@ def _print_findings(rows: list[dict[str, Any]]) -> None:
 @user_errors
 def train(
     model: Annotated[str, typer.Option("--model", help="Model family: glow, cv-glow, pixelcnn, vae.")],
-    dataset: Annotated[str, typer.Option("--dataset", help="Training dataset, e.g. fashionmnist, cifar10.")],
+    dataset: Annotated[str, typer.Option(
+        "--dataset", help="Training dataset, e.g. fashionmnist, cifar10, or your images: folder:PATH, npz:PATH.")],
     profile: ProfileOpt = None,
     config: ConfigOpt = DEFAULT_BENCHMARKS,
     seed: SeedOpt = None,
@@ -192,12 +196,18 @@ def train(
         "--resume", help="Continue the run in --run-dir from its last checkpoint, e.g. with a larger --epochs. (An "
         "unfinished run with the same settings resumes without it.)")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run in --run-dir first.")] = False,
+    image_size: Annotated[Optional[int], typer.Option(
+        "--image-size", help="folder: / npz: datasets: the side images are resized (shorter side) and centre-cropped "
+        "to; default 32.")] = None,
+    skip_unreadable: SkipUnreadableOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a likelihood model on one dataset."""
+    from oodbench.data import parse_dataset_ref
     from oodbench.runner import TrainRequest, train as run_training
     from oodbench.runner.layout import run_name
 
+    dataset = str(parse_dataset_ref(dataset))  # canonical: "CIFAR10" -> "cifar10", "folder:~/x" -> "folder:/home/me/x"
     chosen = _profile(profile, config)
     train_cfg = resolve(chosen.train_for(model), dict(
         seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
@@ -212,6 +222,7 @@ def train(
         run_dir=run_dir or runs_dir / run_name(model, dataset, train_cfg.seed, train_cfg.background),
         data_root=data_root if data_root is not None else chosen.data_root,
         download=download, resume=resume, overwrite=overwrite, quiet=quiet, notify=console.print,
+        image_size=image_size, skip_unreadable=skip_unreadable,
     )
     result = run_training(request)
     if not result.first_process:  # under DDP, one summary line, not one per process
@@ -237,7 +248,8 @@ def _trained_line(model: str, dataset: str, result: Any) -> str:
 @app.command()
 @user_errors
 def evaluate(
-    pair: Annotated[str, typer.Option("--pair", help="IN:OUT, e.g. cifar10:svhn, fashionmnist:mnist.")],
+    pair: Annotated[str, typer.Option(
+        "--pair", help="IN:OUT, e.g. cifar10:svhn, fashionmnist:mnist, cifar10:folder:PATH (your images).")],
     run: Annotated[Optional[Path], typer.Option("--run", help="Run folder to evaluate.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Evaluate runs-dir/<model>-<IN>-seed<seed>.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the run (with --model).")] = 0,
@@ -269,6 +281,7 @@ def evaluate(
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
     recompute: RecomputeOpt = False,
+    skip_unreadable: SkipUnreadableOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Score a trained model on IN train/validation/test and OUT test (in float32), then every OOD score;
@@ -291,7 +304,7 @@ def evaluate(
     result = run_evaluation(EvalRequest(
         run=paths, pair=pair, eval=eval_cfg, data_root=data_root, download=download, checkpoint=checkpoint, quiet=quiet,
         recompute=recompute, background=RunPaths(background_run) if background_run is not None else None,
-        members=tuple(RunPaths(p) for p in member_run)))
+        members=tuple(RunPaths(p) for p in member_run), skip_unreadable=skip_unreadable))
     if result.written:
         console.print(_metrics_table([result.metrics], title="oodbench evaluate"))
         console.print(_scores_table(result.rows, title="scores"))
@@ -301,6 +314,74 @@ def evaluate(
         cached = [s for s in ("in_train", "in_val", "in_test", "out_test") if s not in result.computed]
         reused = f"; statistics of {', '.join(cached)} came from the run's cache" if cached else ""
         console.print(f"wrote {result.folder}/scores.csv and metrics.json{reused}")
+
+
+@app.command()
+@user_errors
+def score(
+    run: Annotated[Path, typer.Option("--run", help="Trained run folder whose model scores the images.")],
+    images: Annotated[str, typer.Option(
+        "--images", help="Images to score: a folder (any format Pillow reads, subfolders included), an .npz file "
+        "(array x), or a registered dataset's test split (e.g. svhn).")],
+    scores: Annotated[Optional[str], typer.Option(
+        "--scores", help="OOD scores to add beside bits/dim, e.g. likelihood,input_complexity (default: every "
+        "per-image score the run supports).")] = None,
+    by: Annotated[str, typer.Option("--by", help="The score whose threshold gives the verdict.")] = "likelihood",
+    accept: Annotated[float, typer.Option(
+        "--accept", help="The threshold accepts this fraction of the run's in-distribution test images.")] = 0.95,
+    out: Annotated[Path, typer.Option("--out", help="CSV to write, one row per image.")] = Path("scores.csv"),
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    batch_size: BatchOpt = None,
+    iw_samples: Annotated[Optional[int], typer.Option(
+        "--iw-samples", help="VAE only: importance samples k of the bound (default: the model's).")] = None,
+    match_channels: Annotated[bool, typer.Option(
+        "--match-channels", help="Convert a registered dataset to the model's channels.")] = False,
+    data_root: DataRootOpt = None,
+    skip_unreadable: SkipUnreadableOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The density gate: score new images with a trained run (bits/dim and each OOD score, in float32) and
+    give each a verdict at the threshold that accepts --accept of the run's in-distribution test images.
+    Exits 0 whatever the verdicts."""
+    from oodbench.atomic import check_writable, write_with
+    from oodbench.config import EvalConfig
+    from oodbench.runner import RunPaths
+    from oodbench.runner.gate import VERDICT_OOD, GateRequest, score_images
+    from oodbench.scores import parse_scores
+
+    check_writable(out.parent if str(out.parent) else Path("."), "--out")
+    eval_cfg = resolve(EvalConfig(), dict(batch_size=batch_size, iw_samples=iw_samples, match_channels=match_channels))
+    result = score_images(GateRequest(
+        run=RunPaths(run), images=images, scores=parse_scores(scores), by=by, accept=accept, eval=eval_cfg,
+        checkpoint=checkpoint, data_root=data_root, skip_unreadable=skip_unreadable, quiet=quiet))
+    table = result.table
+    write_with(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
+    # On screen: bits/dim, each other score under its short heading, the verdict; the CSV has everything.
+    columns = {"file": "file", "bpd": "BPD", **{label: heading for label, heading in result.headings.items()
+                                                if label != "likelihood"}, "verdict": "verdict"}
+    shown = Table(title=f"most and least typical of {len(table):,} images (by {result.headings[result.by]}; larger = "
+                  "more OOD)", box=box.SIMPLE_HEAD)
+    for column, heading in columns.items():
+        shown.add_column(heading, justify="left" if column in ("file", "verdict") else "right", no_wrap=column != "file")
+    ranked = table.sort_values(result.by, kind="stable")
+    ends = [ranked.head(5), ranked.tail(5)] if len(ranked) > 10 else [ranked]
+    for part, frame in enumerate(ends):
+        if part:
+            shown.add_row(*["..."] * len(columns))
+        for row in frame[list(columns)].itertuples(index=False):
+            shown.add_row(*(f"{value:.3f}" if isinstance(value, float) else escape(str(value)) for value in row))
+    console.print(shown)
+    asked = set(parse_scores(scores) or ())
+    for label, why in result.skipped.items():
+        if label.partition("(")[0] in asked:  # the defaults' inapplicable scores are only counted
+            console.print(f"[yellow]no per-image {escape(label)}: {escape(why)}[/]")
+    if result.skipped and not asked:
+        console.print(f"{len(result.skipped)} score variant(s) give no per-image value for this run (batch scores, "
+                      f"or needing another run or family): {escape(', '.join(result.skipped))}", highlight=False)
+    flagged = int((table["verdict"] == VERDICT_OOD).sum())
+    console.print(f"threshold {result.by} <= {result.threshold:.4f} accepts {result.accepted_in:.1%} of the run's "
+                  f"{result.n_in:,} in-distribution test images ({escape(result.in_set)}); {flagged:,} of "
+                  f"{len(table):,} images flagged OOD; wrote {out}", highlight=False)
 
 
 @app.command()

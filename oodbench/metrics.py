@@ -78,3 +78,16 @@ def ood_metrics(in_scores, out_scores) -> OODMetrics:
         fpr_at_95_tpr=fpr_at_tpr(1 - is_ood, -scores, 0.95),
         fpr_at_80_tpr=fpr_at_tpr(is_ood, scores, 0.80),
     )
+
+
+def acceptance_threshold(in_scores, accept: float) -> tuple[float, float]:
+    """(threshold, fraction of `in_scores` it accepts) for a density gate that accepts at least `accept` of
+    the in-distribution images: a unit is accepted when its score is <= threshold (larger = more OOD).
+    The threshold is the ceil(accept * n)-th smallest in-distribution score, so ties never make it
+    accept less than asked; the fraction it accepts is returned because ties can make it more."""
+    scores = np.sort(_validated(in_scores, "in-distribution"))
+    if not 0.0 < accept <= 1.0:
+        raise ValueError(f"acceptance rate {accept} must be in (0, 1], e.g. 0.95")
+    rank = max(1, int(np.ceil(accept * scores.size - _TPR_SLACK)))
+    threshold = float(scores[rank - 1])
+    return threshold, float(np.mean(scores <= threshold))

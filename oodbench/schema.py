@@ -51,9 +51,10 @@ JOIN_KEYS = ("set", "dataset", "split", "index")
 SCORE_COLUMNS = ("set", "dataset", "split", "index", "log_px", "bpd")
 SCORE_PREFIX = "score:"
 
-# Training settings that say where and how fast a run trains, not what it learns: a resumed run may
-# change them, and runs that differ only in them are the same setup.
-PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "logger")
+# Training settings that say where and how fast a run trains, or what it logs, not what it learns: a
+# resumed run may change them, and runs that differ only in them are the same setup. (The likelihood
+# curve's scoring restores the random state, so `curve_every` leaves the weights as they were.)
+PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "logger", "curve_every")
 # Settings that bound how long a run trains; `train --resume` may extend them.
 BUDGET_KEYS = ("epochs", "max_minutes")
 
@@ -104,6 +105,8 @@ class RunRecord:
     train: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = RUN_SCHEMA
+    # A user's own images (data/user.py): the content hash of the files trained on; None for registered sets.
+    data_digest: str | None = None
 
     @property
     def bpd_dims(self) -> int:
@@ -119,7 +122,8 @@ class RunRecord:
         train = {k: v for k, v in self.train.items() if k not in PLACEMENT_KEYS + BUDGET_KEYS}
         return {"model": self.model, "dataset": self.dataset, "data_root": self.data_root, "seed": self.seed,
                 "model_settings": self.model_settings,
-                "train": train, "data_shape": list(self.data_shape), "n_train": self.n_train, "n_val": self.n_val}
+                "train": train, "data_shape": list(self.data_shape), "n_train": self.n_train, "n_val": self.n_val,
+                **({"data_digest": self.data_digest} if self.data_digest is not None else {})}
 
     def setup(self) -> str:
         """A name for the setup, shared by the runs that differ only in their seed (the report's unit

@@ -106,3 +106,16 @@ def test_auroc_is_rank_based_for_unbounded_scores():
 def test_rejects_empty_or_non_finite_scores(bad):
     with pytest.raises(ValueError):
         ood_metrics(bad, [1.0, 2.0])
+
+
+def test_acceptance_threshold_accepts_at_least_the_rate_asked_for():
+    from oodbench.metrics import acceptance_threshold
+
+    scores = np.arange(1.0, 21.0)  # 20 in-distribution scores 1..20
+    assert acceptance_threshold(scores, 0.95) == (19.0, 0.95)  # the 19th smallest: 19 of 20 accepted
+    assert acceptance_threshold(scores, 0.96) == (20.0, 1.0)  # 19.2 images: all 20 are needed
+    assert acceptance_threshold(scores[::-1], 0.5) == (10.0, 0.5)  # order does not matter
+    # Ties: three images share the lowest score, so accepting half means accepting all three.
+    assert acceptance_threshold([1.0, 1.0, 1.0, 2.0], 0.5) == (1.0, 0.75)
+    with pytest.raises(ValueError, match="must be in"):
+        acceptance_threshold(scores, 0.0)

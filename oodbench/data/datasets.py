@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torchvision.datasets as tvd
 
-from oodbench.data import folders, sources, synthetic
+from oodbench.data import folders, sources, synthetic, user
 from oodbench.data.sources import Layout, Pixels
 from oodbench.registry import Registry
 
@@ -46,6 +46,8 @@ class DatasetSpec:
     # How loaded pixels are derived from the files, when that is more than a copy (decode, crop,
     # resize). Part of the tensor cache's key: change it whenever the pipeline changes.
     recipe: str = ""
+    # A user's own images (`folder:PATH`, `npz:PATH`; user.py) instead of a registered dataset.
+    user: user.UserSource | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.title:
@@ -70,8 +72,20 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """The spec of a base dataset name (no "gray:" prefix); unknown names list the valid ones."""
+    """The spec of a base dataset name (no "gray:" prefix), or of a user's "folder:PATH" / "npz:PATH";
+    unknown names list the valid ones, a user path that is not there says so."""
+    if user.is_user_name(name):
+        return user_dataset(user.parse_user(name))
     return DATASETS.get(name)
+
+
+def user_dataset(source: user.UserSource) -> DatasetSpec:
+    """A spec for a user's images. Its `shape` is nominal (RGB at 32x32): the channels come from the images
+    and the size from `--image-size` or the run (see user.py)."""
+    size = user.DEFAULT_SIZE
+    return DatasetSpec(name=source.name, title=source.title, shape=(3, size, size), splits=source.splits,
+                       licence="your own images", source=str(source.path), user=source,
+                       description=f"your images in {source.path} ({user.recipe(3, size)})")
 
 
 def list_datasets() -> list[DatasetSpec]:

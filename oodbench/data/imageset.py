@@ -20,6 +20,7 @@ class ImageSet:
     images: torch.Tensor  # uint8 (N, C, H, W), contiguous, CPU
     index: torch.Tensor  # int64 (N,), position of each sample in the canonical split
     source: str  # where the pixels came from, for humans and run configs
+    digest: str | None = None  # a user's own images: the content hash of their files (data/user.py)
 
     def __post_init__(self) -> None:
         # Cheap checks only: a wrong dtype here would silently change bits/dim downstream.

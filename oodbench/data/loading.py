@@ -8,7 +8,8 @@ Where pixels come from, in order:
    (`datasets.py`) are tried in order;
 3. torchvision's own download into the data root, only when `download=True`;
 4. otherwise an OodbenchError that names every path searched.
-Synthetic sets (`constant`, `noise`) are generated and never cached.
+Synthetic sets (`constant`, `noise`) are generated and never cached. A user's `folder:` / `npz:` set is
+decoded by `user.py` (cached under its content digest) at the channels and size asked for.
 
 `dataset_availability` and `split_counts` answer "is it here, and how much of it" without reading
 pixels: from file existence, headers and listings, and the cache's tensor shapes.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from oodbench.data import cache
+from oodbench.data import cache, user
 from oodbench.data.datasets import DatasetSpec, get_dataset
 from oodbench.data.imageset import ImageSet
 from oodbench.data.refs import parse_dataset_ref
@@ -125,11 +126,15 @@ def _load_real(spec: DatasetSpec, split: str, root: Path, download: bool, limit:
 
 
 def load_images(name: str, split: str, *, data_root: str | Path | None = None, download: bool = False,
-                limit: int | None = None) -> ImageSet:
+                limit: int | None = None, channels: int | None = None, size: int | None = None,
+                skip_unreadable: bool = False) -> ImageSet:
     """The images of one split of a dataset, as uint8 (N, C, 32, 32) with canonical indices.
 
     `name` is a dataset reference such as "cifar10" or "gray:cifar10" (an "@split" in it must agree
     with `split`). `limit` keeps the first `limit` samples; `index` keeps their canonical positions.
+    `channels`, `size` and `skip_unreadable` apply to a user's own images (`folder:` / `npz:`, user.py):
+    the model's channels (None: the images' own) and size (None: 32), and whether unreadable files are
+    left out (counted in `source`) instead of being an error. Registered sets have a fixed shape.
     """
     ref = parse_dataset_ref(name)
     if ref.split_override is not None and ref.split_override != split:
@@ -139,7 +144,12 @@ def load_images(name: str, split: str, *, data_root: str | Path | None = None, d
     _check_split(spec, split)
     if limit is not None and limit < 0:
         raise OodbenchError(f"bad limit {limit}: must be 0 or more (or unset for the whole split)")
-    if spec.generate is not None:
+    digest = None
+    if spec.user is not None:
+        decoded, source, digest = user.load_user(spec.user, split, channels=3 if ref.gray else channels, size=size,
+                                                 skip_unreadable=skip_unreadable)
+        pixels = Pixels(decoded.images, decoded.index)
+    elif spec.generate is not None:
         pixels, source = spec.generate(split, limit), f"synthetic ({spec.source})"
     else:
         pixels, source = _load_real(spec, split, resolve_root(data_root), download, limit)
@@ -149,7 +159,7 @@ def load_images(name: str, split: str, *, data_root: str | Path | None = None, d
     if ref.gray:
         images = gray3(images)
     return ImageSet(name=ref.name, split=split, images=images.contiguous(), index=index.to(torch.int64).contiguous(),
-                    source=source)
+                    source=source, digest=digest)
 
 
 def dataset_availability(name: str, data_root: str | Path | None = None) -> dict[str, str | None]:
@@ -161,6 +171,8 @@ def dataset_availability(name: str, data_root: str | Path | None = None) -> dict
     spec = get_dataset(parse_dataset_ref(name).base)
     if spec.generate is not None:
         return {split: f"synthetic ({spec.source})" for split in spec.splits}
+    if spec.user is not None:
+        return {split: str(spec.user.where(split)) for split in spec.splits}
     root = resolve_root(data_root)
     found: dict[str, str | None] = {}
     for split in spec.splits:
@@ -202,6 +214,8 @@ def split_counts(name: str, data_root: str | Path | None = None) -> dict[str, in
     spec = get_dataset(parse_dataset_ref(name).base)
     if spec.generate is not None:
         return {split: spec.sizes[split] for split in spec.splits}
+    if spec.user is not None:
+        return {split: user.count(spec.user, split) for split in spec.splits}
     root = resolve_root(data_root)
     counts: dict[str, int | None] = {}
     for split in spec.splits:

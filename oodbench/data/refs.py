@@ -4,12 +4,17 @@ A reference is `[gray:]NAME[@SPLIT]`: "svhn", "gray:cifar10", "svhn@train" (use 
 where a test split would be used; the staged data has no SVHN test split). A pair is `IN:OUT`, e.g.
 "cifar10:svhn", "gray:cifar10:svhn", "cifar10:gray:cifar10". Pairs are split on ':' and the token
 "gray" attaches to the token after it, so "gray:" never needs quoting or brackets.
+
+A user's own images are `folder:PATH` or `npz:PATH` (data/user.py), e.g. "cifar10:folder:~/my_ood":
+the tokens "folder" and "npz" attach to the token after them in the same way. Their paths keep their
+case, take no "@split" (a folder's train/ and test/ subfolders are its splits) and cannot hold ':'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oodbench.data import user
 from oodbench.data.datasets import get_dataset
 from oodbench.errors import OodbenchError
 
@@ -50,7 +55,13 @@ class Pair:
 
 def parse_dataset_ref(text: str) -> DatasetRef:
     """"[gray:]NAME[@SPLIT]" -> DatasetRef; unknown names, splits or a grey base are OodbenchErrors."""
-    spec_text = text.strip().lower()
+    stripped = text.strip()
+    gray_prefix = stripped.lower().startswith(f"{GRAY}:")
+    body = stripped[len(GRAY) + 1:] if gray_prefix else stripped
+    if user.is_user_name(body):
+        source = user.parse_user(body)  # a path that is not there: an error naming it
+        return DatasetRef(name=f"{GRAY}:{source.name}" if gray_prefix else source.name)
+    spec_text = stripped.lower()
     body, _, split = spec_text.partition("@")
     gray = body.startswith(f"{GRAY}:")
     base = body.removeprefix(f"{GRAY}:") if gray else body
@@ -69,14 +80,20 @@ def parse_pair(text: str) -> Pair:
     malformed = OodbenchError(f"malformed pair {text!r}: expected IN:OUT, e.g. cifar10:svhn")
     refs: list[str] = []
     pending_gray = False
+    pending_user: str | None = None  # "folder" / "npz" waiting for its path
     for token in (part.strip() for part in text.split(":")):
         if not token:
             raise malformed
-        if token.lower() == GRAY and not pending_gray:
+        if token.lower() == GRAY and not pending_gray and pending_user is None:
             pending_gray = True
             continue
+        if token.lower() in user.KINDS and pending_user is None:
+            pending_user = token.lower()
+            continue
+        if pending_user is not None:
+            token, pending_user = f"{pending_user}:{token}", None
         refs.append(f"{GRAY}:{token}" if pending_gray else token)
         pending_gray = False
-    if pending_gray or len(refs) != 2:
+    if pending_gray or pending_user is not None or len(refs) != 2:
         raise malformed
     return Pair(parse_dataset_ref(refs[0]), parse_dataset_ref(refs[1]))

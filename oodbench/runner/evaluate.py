@@ -21,6 +21,7 @@ Writes, atomically, into the run's `eval/<in>_vs_<out>/` folder:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 from oodbench import failpoints
 from oodbench.atomic import check_writable, write_json, write_with, write_yaml
 from oodbench.config import EvalConfig, to_plain
-from oodbench.data import ImageSet, Pair, load_images, match_channels, parse_pair
+from oodbench.data import DatasetRef, ImageSet, Pair, get_dataset, load_images, match_channels, parse_pair
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.metrics import ood_metrics
 from oodbench.models.module import LikelihoodModule
@@ -75,6 +76,7 @@ class EvalRequest:
     # background model (likelihood ratio) and the other members of an ensemble (other seeds).
     background: RunPaths | None = None
     members: tuple[RunPaths, ...] = ()
+    skip_unreadable: bool = False  # a user's folder: leave unreadable files out (data/user.py)
 
 
 @dataclass(frozen=True)
@@ -121,41 +123,83 @@ def images_among(images: ImageSet, wanted: np.ndarray, n: int | None, role: str)
                     index=images.index[chosen].contiguous(), source=images.source)
 
 
+HELD_OUT = "held-out"  # the in-test split of a run on a flat folder: the images it did not train on
+
+
+def held_out(images: ImageSet, train_index: np.ndarray, limit: int | None, run: Path) -> ImageSet:
+    """The in-distribution test set of a run on a user's set whose "test" is its "train" (a flat folder, an
+    npz file): the images the run did not train on (its validation hold-out, and any beyond --limit-train)."""
+    rest = images.index.numpy()[~np.isin(images.index.numpy(), train_index)]
+    if len(rest) == 0:
+        raise OodbenchError(f"run {run} trained on every image of {images.name}, which has no test/ subfolder: "
+                            "nothing is left to test on; retrain with --val-size N or add a test/ subfolder")
+    kept = images_among(images, rest[:limit] if limit is not None else rest, None, "held out")
+    return dataclasses.replace(kept, split=HELD_OUT)
+
+
+def in_split(pair: Pair) -> str:
+    """The split the in-distribution test images come from: HELD_OUT for a user's set without test/."""
+    source = get_dataset(pair.in_ref.base).user
+    return HELD_OUT if source is not None and source.shared_splits else pair.in_ref.split or "test"
+
+
+@dataclass(frozen=True)
+class RunImages:
+    """Loads image sets the way a run needs them: its data root, and a user's own images at the model's
+    channels and size (data/user.py); registered sets come as they are."""
+
+    record: RunRecord
+    run: RunPaths
+    data_root: str | None = None  # None: the run's own
+    download: bool = False
+    skip_unreadable: bool = False
+
+    def load(self, name: str, split: str, limit: int | None = None) -> ImageSet:
+        data_root = self.data_root if self.data_root is not None else self.record.data_root
+        channels, size = self.record.image_shape[0], self.record.image_shape[1]
+        return load_images(name, split, data_root=data_root, download=self.download, limit=limit, channels=channels,
+                           size=size, skip_unreadable=self.skip_unreadable)
+
+    def in_distribution(self, ref: DatasetRef, cfg: EvalConfig) -> dict[str, ImageSet]:
+        """in_train (a sample of the images trained on), in_val (the validation hold-out) and in_test."""
+        if ref.name != self.record.dataset:
+            raise OodbenchError(f"run {self.run.root} was trained on {self.record.dataset}, not {ref.name}; "
+                                f"use --pair {self.record.dataset}:OUT or another --run")
+        train_index, val_index = read_splits(self.run.splits)
+        training_split = self.load(ref.name, "train")
+        source = get_dataset(ref.base).user
+        if source is not None and source.shared_splits:
+            in_test = held_out(training_split, train_index, cfg.limit, self.run.root)
+        else:
+            in_test = self.load(ref.name, ref.split or "test", cfg.limit)
+        return {"in_train": images_among(training_split, train_index, cfg.train_sample, "trained on"),
+                "in_val": images_among(training_split, val_index, None, "validated on"),
+                "in_test": in_test}
+
+    def fitting(self, images: ImageSet, match: bool) -> ImageSet:
+        """`images` in the model's shape: a channel mismatch converted when `match`, else an error."""
+        want = tuple(self.record.image_shape)
+        if images.shape[0] != want[0]:
+            if not match:
+                raise OodbenchError(
+                    f"{images.name} has {images.shape[0]} channels but the model takes {want[0]}; pass "
+                    f"--match-channels to convert it, or use gray:{images.name} / an OOD set with {want[0]} channels")
+            images = match_channels(images, want[0])
+        if tuple(images.shape) != want:
+            raise OodbenchError(f"{images.name} images are {tuple(images.shape)}, the model takes {want}")
+        return images
+
+
 def _load_sets(pair: Pair, record: RunRecord, request: EvalRequest) -> dict[str, ImageSet]:
     cfg = request.eval
-    if pair.in_ref.name != record.dataset:
-        raise OodbenchError(
-            f"run {request.run.root} was trained on {record.dataset}, not {pair.in_ref.name}; "
-            f"use --pair {record.dataset}:OUT or another --run"
-        )
-    data_root = request.data_root if request.data_root is not None else record.data_root
-    train_index, val_index = read_splits(request.run.splits)
-
-    def load(name: str, split: str, limit: int | None) -> ImageSet:
-        return load_images(name, split, data_root=data_root, download=request.download, limit=limit)
-
-    training_split = load(pair.in_ref.name, "train", None)
-    sets = {
-        "in_train": images_among(training_split, train_index, cfg.train_sample, "trained on"),
-        "in_val": images_among(training_split, val_index, None, "validated on"),
-        "in_test": load(pair.in_ref.name, pair.in_ref.split or "test", cfg.limit),
-        "out_test": load(pair.out_ref.name, pair.out_ref.split or "test", cfg.limit),
-    }
-    want = tuple(record.image_shape)
-    out = sets["out_test"]
-    if out.shape[0] != want[0]:
-        if not cfg.match_channels:
-            raise OodbenchError(
-                f"{out.name} has {out.shape[0]} channels but the model takes {want[0]}; pass --match-channels "
-                f"to convert it, or use gray:{out.name} / an OOD set with {want[0]} channels"
-            )
-        sets["out_test"] = match_channels(out, want[0])
+    loader = RunImages(record, request.run, request.data_root, request.download, request.skip_unreadable)
+    sets = loader.in_distribution(pair.in_ref, cfg)
+    sets["out_test"] = loader.load(pair.out_ref.name, pair.out_ref.split or "test", cfg.limit)
     for name, images in sets.items():
         if len(images) == 0 and name != "in_val":  # a run may have been trained without a hold-out
             raise OodbenchError(f"the {name} set ({images.name} {images.split}) has no images to score; raise "
                                 "--limit / --train-sample")
-        if tuple(images.shape) != want:
-            raise OodbenchError(f"{images.name} images are {tuple(images.shape)}, the model takes {want}")
+        sets[name] = loader.fitting(images, cfg.match_channels and name == "out_test")
     return sets
 
 
@@ -210,7 +254,7 @@ def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, r
     """What every row of this evaluation shares: what was scored against what, training, bits/dim per set."""
     bound = module.model.bound
     row: dict[str, Any] = {
-        "model": record.model, "in_dataset": pair.in_ref.name, "in_split": pair.in_ref.split or "test",
+        "model": record.model, "in_dataset": pair.in_ref.name, "in_split": in_split(pair),
         "out_dataset": pair.out_ref.name, "out_split": pair.out_ref.split or "test", "pair": str(pair),
         "seed": record.seed, "setup": setup_hash(record, request, module, checkpoint),
         "unit": "bits/dim", "bpd_dims": record.bpd_dims, "discretization": module.model.discretization,

@@ -1,0 +1,129 @@
+"""`oodbench score`: the density gate. Score a user's images with a trained run and give each a verdict.
+
+What a user about to put a likelihood-based OOD gate in front of a model needs: for each new image its
+bits/dim and every per-image OOD score the run supports (oodbench/scores/), each fitted on the run's
+validation hold-out as in `evaluate`, and a verdict at a threshold picked by its in-distribution
+acceptance rate: `accept=0.95` is the threshold that accepts 95% of the run's in-distribution test
+images (`metrics.acceptance_threshold`), on the score named by `by`. Everything is scored in float32
+through the same statistics cache as `evaluate`, so the run's own sets are scored once.
+
+Scores that need another run (a background model, ensemble members) or that score batches of images
+(typicality with M > 1) give no per-image verdict here; they are listed as skipped with why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from oodbench.config import EvalConfig
+from oodbench.data import ImageSet, get_dataset, parse_dataset_ref
+from oodbench.data.user import KINDS, image_files, is_user_name
+from oodbench.errors import OodbenchError
+from oodbench.metrics import acceptance_threshold
+from oodbench.runner.evaluate import RunImages, load_module
+from oodbench.runner.layout import RunPaths
+from oodbench.runner.statistics import set_statistics
+from oodbench.schema import FIT_SET, RunRecord
+from oodbench.scores import score_variants
+
+VERDICT_IN, VERDICT_OOD = "in-distribution", "OOD"
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    run: RunPaths
+    images: str  # a folder or .npz path, "folder:PATH" / "npz:PATH", or a registered dataset (its test split)
+    scores: tuple[str, ...] | None = None  # None: every score the family supports
+    by: str = "likelihood"  # the score whose threshold gives the verdict
+    accept: float = 0.95  # the fraction of the run's in-distribution test images the threshold accepts
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: str = "best"
+    data_root: str | None = None
+    download: bool = False
+    skip_unreadable: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class GateResult:
+    table: pd.DataFrame  # one row per image: file, index, bpd, each score, verdict
+    by: str  # the label of the score giving the verdict
+    threshold: float
+    accepted_in: float  # the fraction of the in-distribution test images the threshold accepts
+    n_in: int
+    in_set: str  # e.g. "cifar10 test"
+    skipped: dict[str, str]  # score label -> why it gives no per-image value here
+    headings: dict[str, str]  # score label -> its short table heading ("typ M=1")
+
+
+def images_ref(text: str) -> str:
+    """A dataset reference for `--images`: a bare path becomes folder:PATH (or npz:PATH for a .npz file)."""
+    if is_user_name(text):
+        return text
+    path = Path(text).expanduser()
+    if path.exists() or "/" in text or text.startswith((".", "~")):
+        if not path.exists():
+            raise OodbenchError(f"--images {text}: no such file or folder; pass a folder of images or an .npz file")
+        return f"{KINDS[1] if path.is_file() and path.suffix == '.npz' else KINDS[0]}:{path}"
+    return text  # a registered dataset name; an unknown one is an error naming the valid ones
+
+
+def _file_names(images: ImageSet, index: np.ndarray) -> list[str]:
+    """Each image's file (relative to its folder) or, for an npz or a registered set, "#<index>"."""
+    source = get_dataset(parse_dataset_ref(images.name).base).user
+    if source is not None and source.kind == KINDS[0]:
+        root = source.where(images.split)
+        files = image_files(root)
+        return [files[i].relative_to(root).as_posix() for i in index]
+    return [f"#{i}" for i in index]
+
+
+def score_images(request: GateRequest) -> GateResult:
+    if not 0.0 < request.accept <= 1.0:
+        raise OodbenchError(f"--accept {request.accept}: the acceptance rate must be in (0, 1], e.g. 0.95")
+    record = RunRecord.read(request.run.config)
+    checkpoint = request.run.checkpoint(request.checkpoint)
+    module, _ = load_module(checkpoint)
+    module.noise_seed = request.eval.noise_seed
+    if request.eval.iw_samples is not None and hasattr(module.model, "iw_samples"):
+        module.model.iw_samples = request.eval.iw_samples
+    loader = RunImages(record, request.run, request.data_root, request.download, request.skip_unreadable)
+    ref = images_ref(request.images)
+    parsed = parse_dataset_ref(ref)
+    new = loader.fitting(loader.load(parsed.name, parsed.split or "test", None), request.eval.match_channels)
+    own = loader.in_distribution(parse_dataset_ref(record.dataset), request.eval)
+    fit_set = FIT_SET if len(own[FIT_SET]) else "in_train"
+    sets = {fit_set: own[fit_set], "in_test": own["in_test"], "images": new}
+    stats, _, _ = set_statistics(module, sets, request.eval, paths=request.run, checkpoint=checkpoint,
+                                 bpd_dims=record.bpd_dims, quiet=request.quiet)
+    columns = set(stats["images"].columns)
+    table = pd.DataFrame({"file": _file_names(new, new.index.numpy()), "index": new.index.numpy(),
+                          "bpd": stats["images"]["bpd"].to_numpy()})
+    skipped: dict[str, str] = {}
+    in_test_scores: dict[str, np.ndarray] = {}
+    headings: dict[str, str] = {}
+    for variant in score_variants(request.scores):
+        reason = variant.unusable(record.model, columns) or (
+            None if variant.per_sample else "scores batches of images, not one image")
+        if reason is not None:
+            skipped[variant.label] = reason
+            continue
+        fitted = variant.fit(stats[fit_set])
+        table[variant.label] = fitted.score(stats["images"])
+        in_test_scores[variant.label] = fitted.score(stats["in_test"])
+        headings[variant.label] = variant.short
+    by = next((label for label in in_test_scores if label.partition("(")[0] == request.by or label == request.by), None)
+    if by is None:
+        why = skipped.get(request.by) or next((w for label, w in skipped.items() if label.startswith(request.by)), "")
+        raise OodbenchError(f"--by {request.by}: this run gives no per-image {request.by} score"
+                            f"{f' ({why})' if why else ''}; pick one of {', '.join(in_test_scores)}")
+    threshold, accepted = acceptance_threshold(in_test_scores[by], request.accept)
+    table["verdict"] = np.where(table[by].to_numpy() <= threshold, VERDICT_IN, VERDICT_OOD)
+    in_test = own["in_test"]
+    return GateResult(table=table, by=by, threshold=threshold, accepted_in=accepted, n_in=len(in_test),
+                      in_set=f"{in_test.name} {in_test.split}", skipped=skipped,
+                      headings=headings)
