@@ -115,6 +115,9 @@ class TrainConfig:
     # Where Lightning logs training curves, besides the run's own logs/metrics.csv: "auto" is TensorBoard
     # when it is installed; the others need their package (runner/train.py says which).
     logger: str = one_of(("auto", "none", "csv", "tensorboard", "wandb", "mlflow"), "auto")
+    # The likelihood over training (runner/ood_curve.py, logs/ood_curve.csv), scored every N optimizer steps;
+    # None: about 4 points per epoch when the run is given OOD sets to score, off otherwise; 0: off.
+    curve_every: int | None = at_least(0, None)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -7,6 +7,7 @@
       checkpoints/last.ckpt       the most recent epoch-end checkpoint (resuming starts here)
       checkpoints/best.ckpt       lowest validation bits/dim
       logs/metrics.csv            one row per complete epoch (runner/callbacks.py, EpochLog)
+      logs/ood_curve.csv          bits/dim of fixed in-train, in-test and OOD subsets during training (runner/ood_curve.py)
       statistics/                 per-sample model outputs of each scored set, cached (runner/statistics.py)
       eval/<in>_vs_<out>/         scores.csv (per sample), metrics.json (one row per score), config.yaml
 """
@@ -24,7 +25,7 @@ DEFAULT_RUNS = Path("runs")
 
 def slug(text: str) -> str:
     """A file-name-safe form of a dataset or pair name ("gray:cifar10" -> "gray-cifar10")."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def run_name(model: str, dataset: str, seed: int, background: float | None = None) -> str:
@@ -71,6 +72,10 @@ class RunPaths:
     @property
     def epoch_log(self) -> Path:
         return self.logs / "metrics.csv"
+
+    @property
+    def ood_curve(self) -> Path:
+        return self.logs / "ood_curve.csv"
 
     def eval_dir(self, in_name: str, out_name: str) -> Path:
         return self.root / "eval" / f"{slug(in_name)}_vs_{slug(out_name)}"

@@ -48,6 +48,7 @@ from oodbench.models.families import model_config
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import EpochLog, Failpoints, checkpoint_progress
 from oodbench.runner.layout import RunPaths
+from oodbench.runner.ood_curve import CURVE_IMAGES, OodCurve, curve_on, curve_sets
 from oodbench.runner.lightning import make_trainer
 from oodbench.schema import BUDGET_KEYS, RunRecord, write_splits
 
@@ -98,6 +99,16 @@ class TrainRequest:
     overwrite: bool = False
     quiet: bool = False
     notify: Callable[[str], None] = field(default=lambda message: None, compare=False)
+    # A user's own images (`folder:` / `npz:`, data/user.py): the side they are brought to (None: 32),
+    # and whether unreadable files are left out instead of being an error.
+    image_size: int | None = None
+    skip_unreadable: bool = False
+    # The likelihood over training (runner/ood_curve.py; on as TrainConfig.curve_every says): the OOD sets
+    # scored beside the run's own training and test images ("mnist", "gray:cifar10", "svhn@train"), the
+    # images per set, and whether an OOD set of other channels is converted (as evaluate's --match-channels).
+    ood_sets: tuple[str, ...] = ()
+    curve_images: int = CURVE_IMAGES
+    curve_match_channels: bool = False
 
 
 def versions() -> dict[str, str]:
@@ -210,6 +221,7 @@ def train(request: TrainRequest) -> TrainResult:
     cfg = request.train
     limits = _limits(cfg)
     ref = parse_dataset_ref(request.dataset)
+    ood_refs = [parse_dataset_ref(name) for name in request.ood_sets]  # a misspelt OOD set fails here, not later
     model_config(request.model, request.model_settings)  # bad names and settings fail before any data loads
     paths = RunPaths(Path(request.run_dir))
     check_writable(paths.root, "--run-dir")
@@ -218,14 +230,20 @@ def train(request: TrainRequest) -> TrainResult:
     # (Lightning re-launches the command for the other ranks, which then find the folder already made).
     first_process = rank_zero_only.rank == 0
 
-    data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download)
+    spec = get_dataset(ref.base)
+    if request.image_size is not None and spec.user is None:
+        raise OodbenchError(f"--image-size applies to folder: and npz: datasets; {ref.base} is "
+                            f"{spec.shape[1]}x{spec.shape[2]} as registered: drop --image-size")
+    data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download,
+                       size=request.image_size, skip_unreadable=request.skip_unreadable)
     train_pos, val_pos = holdout(len(data), cfg)
     train_set = TensorDataset(data.images[train_pos], data.index[train_pos])
     val_set = TensorDataset(data.images[val_pos], data.index[val_pos]) if len(val_pos) else None
     model_cfg = model_config(request.model, request.model_settings, image_shape=tuple(data.shape))
     record = RunRecord(
-        model=request.model, dataset=request.dataset, seed=cfg.seed, data_root=request.data_root,
-        data_source=data.source, image_shape=tuple(data.shape), data_shape=get_dataset(ref.base).native_shape,
+        model=request.model, dataset=ref.name if spec.user is not None else request.dataset, seed=cfg.seed,
+        data_root=request.data_root, data_source=data.source, data_digest=data.digest, image_shape=tuple(data.shape),
+        data_shape=spec.native_shape if spec.user is None else tuple(data.shape),
         n_train=len(train_set), n_val=len(val_set) if val_set else 0, model_settings=to_plain(model_cfg),
         train=to_plain(cfg), versions=versions())
     plan = _plan(request, paths, record) if first_process else ("resume" if paths.last.is_file() else "fresh")
@@ -250,6 +268,11 @@ def train(request: TrainRequest) -> TrainResult:
         best_checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_bpd", mode="min",
                                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
         callbacks.append(best_checkpoint)
+    if first_process and curve_on(cfg.curve_every, request.ood_sets):  # global zero scores the curve alone
+        sets = curve_sets(data, train_set.tensors[1].numpy(), ref, ood_refs, run=paths.root, n=request.curve_images,
+                          data_root=request.data_root, download=request.download,
+                          match=request.curve_match_channels, notify=request.notify)
+        callbacks.append(OodCurve(paths.ood_curve, sets, every=cfg.curve_every, batch_size=max(cfg.batch_size, 256)))
     if failpoints.armed():
         callbacks.append(Failpoints(resuming=plan == "resume"))
     # Built before anything is written: hardware this machine lacks fails here, leaving the folder as it was.
