@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from oodbench.config import EvalConfig
-from oodbench.data import ImageSet, get_dataset, parse_dataset_ref
-from oodbench.data.user import KINDS, image_files, is_user_name
+from oodbench.data import ImageSet, parse_dataset_ref
+from oodbench.data.user import KINDS, image_files, is_user_name, parse_user
 from oodbench.errors import OodbenchError
 from oodbench.metrics import acceptance_threshold
 from oodbench.runner.evaluate import RunImages, load_module
@@ -73,8 +73,9 @@ def images_ref(text: str) -> str:
 
 
 def _file_names(images: ImageSet, index: np.ndarray) -> list[str]:
-    """Each image's file (relative to its folder) or, for an npz or a registered set, "#<index>"."""
-    source = get_dataset(parse_dataset_ref(images.name).base).user
+    """Each image's file (relative to its folder) or, for an npz, an array or a registered set, "#<index>"."""
+    base = images.name.removeprefix("gray:")
+    source = parse_user(base) if is_user_name(base) else None
     if source is not None and source.kind == KINDS[0]:
         root = source.where(images.split)
         files = image_files(root)
@@ -83,6 +84,15 @@ def _file_names(images: ImageSet, index: np.ndarray) -> list[str]:
 
 
 def score_images(request: GateRequest) -> GateResult:
+    """The gate on `request.images` (a path or a dataset), loaded at the model's channels and size."""
+    record = RunRecord.read(request.run.config)
+    loader = RunImages(record, request.run, request.data_root, request.download, request.skip_unreadable)
+    parsed = parse_dataset_ref(images_ref(request.images))
+    return gate(request, loader.load(parsed.name, parsed.split or "test"))
+
+
+def gate(request: GateRequest, images: ImageSet) -> GateResult:
+    """Score `images` with the run and give each a verdict (`request.images` is only their name here)."""
     if not 0.0 < request.accept <= 1.0:
         raise OodbenchError(f"--accept {request.accept}: the acceptance rate must be in (0, 1], e.g. 0.95")
     record = RunRecord.read(request.run.config)
@@ -92,9 +102,7 @@ def score_images(request: GateRequest) -> GateResult:
     if request.eval.iw_samples is not None and hasattr(module.model, "iw_samples"):
         module.model.iw_samples = request.eval.iw_samples
     loader = RunImages(record, request.run, request.data_root, request.download, request.skip_unreadable)
-    ref = images_ref(request.images)
-    parsed = parse_dataset_ref(ref)
-    new = loader.fitting(loader.load(parsed.name, parsed.split or "test", None), request.eval.match_channels)
+    new = loader.fitting(images, request.eval.match_channels)
     own = loader.in_distribution(parse_dataset_ref(record.dataset), request.eval)
     fit_set = FIT_SET if len(own[FIT_SET]) else "in_train"
     sets = {fit_set: own[fit_set], "in_test": own["in_test"], "images": new}
