@@ -1,0 +1,110 @@
+"""The paper's second-order analysis (Nalisnick et al. 2019, Section 5) of one trained Glow run and one pair.
+
+Loads the run's checkpoint and two image sets, p* = images the run trained on (its training split,
+restricted to `splits.npz`) and q = the pair's OOD set, and hands them to the pure functions of
+`analysis/second_order.py`: variance terms, the CV-Glow closed form, the exact Hessian terms, and the
+gap actually measured by scoring the same images. Everything runs in float32 on the CPU or the
+model's device; the images are dequantized with the evaluation's index-seeded noise, so the measured
+log-likelihoods are the ones `oodbench evaluate` computes for the same images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oodbench.analysis.second_order import PAPER_SCALE, cv_glow_alphas, second_order_row, variance_difference
+from oodbench.data import ImageSet, Pair, parse_pair
+from oodbench.data.quantize import dequantize
+from oodbench.errors import OodbenchError
+from oodbench.runner.evaluate import RunImages, images_among, load_module
+from oodbench.runner.layout import RunPaths
+from oodbench.schema import RunRecord, read_splits
+
+GLOW_FAMILIES = ("glow", "cv-glow")  # the analysis needs a flow's continuous density log p(y)
+OUT_SAMPLE_SEED = 2  # which of the OOD set's images are analysed
+
+
+def _seeded_subset(images: ImageSet, n: int) -> ImageSet:
+    """`n` images of `images` (seeded, in index order), or all of them."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(OUT_SAMPLE_SEED))[:n]
+    chosen = order.sort().values
+    return ImageSet(name=images.name, split=images.split, images=images.images[chosen].contiguous(),
+                    index=images.index[chosen].contiguous(), source=images.source)
+
+
+@torch.no_grad()
+def _dequantize_and_score(model, images: ImageSet, seed: int, batch_size: int,
+                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, log p(x) in nats) per image, with the evaluation's noise: the y the Hessian terms use are the
+    points whose log-likelihoods make the measured gap."""
+    ys, log_px = [], []
+    for start in range(0, len(images), batch_size):
+        x = images.images[start:start + batch_size].to(device)
+        noise = model.eval_noise(x, images.index[start:start + batch_size].to(device), seed)
+        ys.append(dequantize(x, noise))
+        log_px.append(model.log_prob_parts(x, noise)["log_px"].float())
+    return torch.cat(ys), torch.cat(log_px)
+
+
+def _check_sets(record: RunRecord, pair: Pair, sets: dict[str, ImageSet]) -> None:
+    want = tuple(record.image_shape)
+    for role, images in sets.items():
+        if len(images) < 2:
+            raise OodbenchError(f"the {role} set ({images.name} {images.split}) has {len(images)} images; "
+                                "the variances need 2 or more: raise --n-images or check --data-root")
+        if images.shape != want:
+            raise OodbenchError(f"{images.name} images are {images.shape}, the model takes {want}; use an OOD set "
+                                f"with {want[0]} channels (gray:NAME for grey) in --pair {pair}")
+
+
+def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | None = None, n_images: int = 256,
+                 sigma: float = 1.0, n_probes: int | None = None, chunk: int = 64, batch_size: int = 64,
+                 checkpoint: str = "best", device: str = "cpu") -> dict[str, Any]:
+    """One row of the second-order analysis of the Glow or CV-Glow run in `run_dir` on `pair` (IN:OUT, IN
+    the run's dataset): `n_images` of each set, the Hessian's diagonal exactly (n_probes None: D products)
+    or by Hutchinson's estimate from `n_probes`. For an affine Glow the closed form is only a comparison
+    (it assumes a volume-preserving flow); the exact terms hold for any flow."""
+    paths = RunPaths(Path(run_dir))
+    record = RunRecord.read(paths.config)
+    if record.model not in GLOW_FAMILIES:
+        raise OodbenchError(f"the second-order analysis needs a {' or '.join(GLOW_FAMILIES)} run; {paths.root} is "
+                            f"a {record.model} run")
+    pair = parse_pair(pair) if isinstance(pair, str) else pair
+    if pair.in_ref.name != record.dataset:
+        raise OodbenchError(f"run {paths.root} was trained on {record.dataset}, not {pair.in_ref.name}; "
+                            f"use --pair {record.dataset}:OUT")
+    if n_images < 2:
+        raise OodbenchError(f"bad n_images {n_images}: the variances need 2 or more images per set")
+
+    loader = RunImages(record, paths, None if data_root is None else str(data_root))
+    train_index, _ = read_splits(paths.splits)
+    sets = {
+        "p*": images_among(loader.load(record.dataset, "train"), train_index, n_images, "trained on"),
+        "q": _seeded_subset(loader.load(pair.out_ref.name, pair.out_ref.split or "test"), n_images),
+    }
+    _check_sets(record, pair, sets)
+
+    checkpoint_path = paths.checkpoint(checkpoint)
+    module, _ = load_module(checkpoint_path)
+    target = torch.device(device)
+    model = module.model.float().to(target).requires_grad_(False)  # gradients are taken of y only
+    p_y, p_log_px = _dequantize_and_score(model, sets["p*"], module.noise_seed, batch_size, target)
+    q_y, q_log_px = _dequantize_and_score(model, sets["q"], module.noise_seed, batch_size, target)
+
+    def log_prob_fn(y: torch.Tensor) -> torch.Tensor:
+        log_pz, logdet = model.flow_log_density(y)
+        return log_pz + logdet
+
+    row = second_order_row(log_prob_fn=log_prob_fn, p_y=p_y, q_y=q_y,
+                           measured_gap_nats=float(q_log_px.double().mean() - p_log_px.double().mean()),
+                           alphas=cv_glow_alphas(model), sigma=sigma, n_probes=n_probes, chunk=chunk)
+    paper_units = variance_difference(sets["p*"].images, sets["q"].images, scale=PAPER_SCALE)
+    return {
+        "run": str(paths.root), "model": record.model, "pair": str(pair), "checkpoint": str(checkpoint_path),
+        "p_set": f"{sets['p*'].name}@{sets['p*'].split}", "q_set": f"{sets['q'].name}@{sets['q'].split}",
+        **row,
+        **{f"var_diff_paper_c{c}": float(v) for c, v in enumerate(paper_units)},
+    }
