@@ -33,10 +33,16 @@ def _figure_file(draw, scores_csv: Path, out_png: Path, row: dict[str, Any], use
         scores = pd.read_csv(scores_csv, usecols=usecols)
     except (OSError, ValueError):
         raise OodbenchError(f"{scores_csv} is missing or unreadable; re-run `oodbench evaluate` for it") from None
-    fig = draw(scores, row)
-    write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return out_png
+    return save_figure(draw(scores, row), out_png)
+
+
+def save_figure(fig: plt.Figure, out_png: Path) -> Path:
+    """Write `fig` to `out_png` as a PNG, atomically (a reader never sees half a file), and close it."""
+    try:
+        write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(out_png)
 
 
 def bpd_histogram(scores_csv: Path, out_png: Path, *, row: dict[str, Any]) -> Path:
