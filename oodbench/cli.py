@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from oodbench.config import DEFAULT_BENCHMARKS, Profile, load_profile, resolve
+from oodbench.config import ANALYSES as ANALYSES_DEFAULT, DEFAULT_BENCHMARKS, Profile, load_profile, resolve
 from oodbench.errors import Interrupted, OodbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -196,6 +196,12 @@ def train(
         "--resume", help="Continue the run in --run-dir from its last checkpoint, e.g. with a larger --epochs. (An "
         "unfinished run with the same settings resumes without it.)")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run in --run-dir first.")] = False,
+    curve_ood: Annotated[Optional[str], typer.Option(
+        "--curve-ood", metavar="SETS", help="Record bits/dim over training (logs/ood_curve.csv) of fixed subsets of "
+        "the training images, the test set and these OOD sets, e.g. mnist,kmnist (Nalisnick et al.'s early-stopping "
+        "check; `oodbench analyze --what curve` draws it).")] = None,
+    curve_every: Annotated[Optional[int], typer.Option(
+        "--curve-every", help="Steps between the curve's points (default: about 4 per epoch; 0: off).")] = None,
     image_size: Annotated[Optional[int], typer.Option(
         "--image-size", help="folder: / npz: datasets: the side images are resized (shorter side) and centre-cropped "
         "to; default 32.")] = None,
@@ -212,7 +218,7 @@ def train(
     train_cfg = resolve(chosen.train_for(model), dict(
         seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
         background=background, weight_decay=weight_decay, accelerator=accelerator, devices=devices,
-        num_nodes=num_nodes, strategy=strategy, precision=precision, logger=logger))
+        num_nodes=num_nodes, strategy=strategy, precision=precision, logger=logger, curve_every=curve_every))
     if max_minutes is not None and epochs is None:
         # A time budget alone replaces the profile's epoch count rather than racing it.
         train_cfg = dataclasses.replace(train_cfg, epochs=None)
@@ -223,6 +229,7 @@ def train(
         data_root=data_root if data_root is not None else chosen.data_root,
         download=download, resume=resume, overwrite=overwrite, quiet=quiet, notify=console.print,
         image_size=image_size, skip_unreadable=skip_unreadable,
+        ood_sets=tuple(name.strip() for name in (curve_ood or "").split(",") if name.strip()),
     )
     result = run_training(request)
     if not result.first_process:  # under DDP, one summary line, not one per process
@@ -386,6 +393,48 @@ def score(
 
 @app.command()
 @user_errors
+def analyze(
+    run: Annotated[Path, typer.Option("--run", help="Run folder of a flow (glow, cv-glow) to analyse.")],
+    pair: Annotated[list[str], typer.Option(
+        "--pair", help="IN:OUT, IN the run's dataset (repeatable); the decomposition needs its evaluation.")] = [],  # noqa: B006
+    what: Annotated[Optional[str], typer.Option(
+        "--what", help="Comma-separated: decomposition (log p(z) and log|det| per set, the paper's Fig. 3), "
+        "second-order (Sec. 5: variance terms, closed form, exact Hessian terms, measured gap), curve (bits/dim "
+        "over training). Default: every one that applies to the run (one named here that does not is an "
+        "error).")] = None,
+    n_images: Annotated[Optional[int], typer.Option("--n-images", help="Images per set in the second-order analysis.")] = None,
+    probes: Annotated[Optional[int], typer.Option(
+        "--probes", help="Hutchinson probes for the Hessian diagonal (default: exact, one product per dimension).")] = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = DEFAULT_BENCHMARKS,
+    data_root: DataRootOpt = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+) -> None:
+    """The paper's analyses of a trained flow: tables and figures into the run's analysis/ folder
+    (`oodbench report` gathers them)."""
+    from oodbench.report.analyses import run_figures
+    from oodbench.runner import RunPaths
+    from oodbench.runner.analyze import AnalyzeRequest, analyze as run_analysis
+
+    base = _profile(profile, config).analysis
+    try:
+        names = tuple(w.strip() for w in (what or ",".join(ANALYSES_DEFAULT)).split(",") if w.strip())
+        settings = dataclasses.replace(base, what=names,
+                                       **{k: v for k, v in dict(n_images=n_images, probes=probes).items() if v is not None})
+    except OodbenchError as exc:
+        raise OodbenchError(f"bad --what/--n-images/--probes: {exc}") from None
+    paths = RunPaths(run)
+    result = run_analysis(AnalyzeRequest(run=paths, pairs=tuple(pair), analysis=settings, data_root=data_root,
+                                         checkpoint=checkpoint, strict=what is not None))
+    figures = run_figures(paths)
+    for why in result.skipped:
+        console.print(f"[yellow]skipped: {escape(why)}[/]")
+    for path in [*result.written, *figures]:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@user_errors
 def report(
     runs: Annotated[list[Path], typer.Option(
         "--runs", help="A folder of run folders, or a run folder (repeatable, to merge shards); sweeps keep theirs "
@@ -470,7 +519,8 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
     cells = sweeping.cells(chosen, only=sweeping.parse_only(only), shard=sweeping.parse_shard(shard))
     if not cells:
         raise OodbenchError(f"no cells in profile {profile!r} match --only {only!r} / --shard {shard!r}")
-    plans = [sweeping.plan_cell(c, runs_dir, settings.data_root, download, settings.eval_for(c).scores) for c in cells]
+    plans = [sweeping.plan_cell(c, runs_dir, settings.data_root, download, settings.eval_for(c).scores,
+                                chosen.analysis) for c in cells]
     console.print(_plan_table(plans, title=f"oodbench sweep --profile {profile}" + (f" --shard {shard}" if shard else "")))
     if dry_run:
         return
@@ -479,7 +529,8 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
         if plan.action == "skip":
             console.print(f"[yellow]skipping {plan.cell.name}: {escape(plan.reason)}[/]")
         elif plan.action != "done":
-            console.print(f"[bold]{plan.action} {plan.cell.name}[/] ({len(plan.pairs)} evaluation(s))")
+            analyses = f", {len(plan.analyses)} pair(s) to analyse" if plan.analyses else ""
+            console.print(f"[bold]{plan.action} {plan.cell.name}[/] ({len(plan.pairs)} evaluation(s){analyses})")
 
     check_writable(out, "--out")
     outcome = sweeping.sweep(plans, settings, announce, notify=lambda message: console.print(escape(message)))
@@ -498,7 +549,7 @@ def _plan_table(plans: list[Any], title: str) -> Table:
     table = Table(title=title)
     for column in ("cell", "action", "pairs to evaluate", "skipped"):
         table.add_column(column)
-    colours = {"done": "green", "skip": "yellow", "train": "cyan", "resume": "cyan", "evaluate": "cyan"}
+    colours = {"done": "green", "skip": "yellow", "train": "cyan", "resume": "cyan", "evaluate": "cyan", "analyze": "cyan"}
     for plan in plans:
         skipped = plan.reason if plan.action == "skip" else "; ".join(f"{p} ({why})" for p, why in plan.skipped_pairs)
         table.add_row(plan.cell.name, f"[{colours[plan.action]}]{plan.action}[/]", ", ".join(plan.pairs), skipped)

@@ -150,6 +150,29 @@ class EvalConfig:
             object.__setattr__(self, "scores", tuple(self.scores))  # a YAML list
 
 
+ANALYSES = ("decomposition", "second-order", "curve")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The paper's analyses (runner/analyze.py) of a flow run, as `oodbench analyze` and a sweep run them."""
+
+    what: tuple[str, ...] = ANALYSES
+    n_images: int = at_least(2, 256)  # images of each set in the second-order analysis
+    # Hessian-diagonal probes of the second-order term: None is exact (one product per dimension, 3,072 for
+    # 32x32 RGB); N is Hutchinson's estimate from N products, reported with its standard error.
+    probes: int | None = at_least(1, None)
+    curve: bool = True  # a sweep trains its flows' first seed with the likelihood curve over its pairs' OOD sets
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        what = tuple(self.what) if not isinstance(self.what, str) else tuple(self.what.split(","))
+        unknown = [name for name in what if name not in ANALYSES]
+        if unknown or not what:
+            raise SettingError("what", self.what, f"expected a list of {', '.join(ANALYSES)}")
+        object.__setattr__(self, "what", what)
+
+
 @dataclass(frozen=True)
 class Profile:
     """A named set of defaults from benchmarks.yaml."""
@@ -166,6 +189,7 @@ class Profile:
     background: float = 0.2  # the perturbation rate of background models (likelihood ratio), Ren et al.'s default
     model_train: dict[str, TrainConfig] = field(default_factory=dict)  # a family's own training settings
     model_eval: dict[str, EvalConfig] = field(default_factory=dict)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def seeds_for(self, dataset: str) -> tuple[int, ...]:
         """The training seeds of cells on `dataset`: the members of its ensembles when there are several."""
@@ -226,7 +250,8 @@ def resolve(base: C, cli_overrides: dict[str, Any]) -> C:
         raise OodbenchError(f"bad value {exc.value!r} for {flag}: {exc.reason}") from None
 
 
-_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description", "scores", "background"}
+_PROFILE_KEYS = {"data_root", "train", "eval", "models", "pairs", "seeds", "description", "scores", "background",
+                 "analysis"}
 
 
 def _seeds(raw: Any, where: str) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
@@ -309,6 +334,7 @@ def load_profile(name: str | None, path: Path | None = None) -> Profile:
         background=background,
         model_train=model_train,
         model_eval=model_eval,
+        analysis=from_mapping(AnalysisConfig, raw.get("analysis"), where=f"{where}, section 'analysis'"),
     )
 
 

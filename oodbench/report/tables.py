@@ -21,6 +21,7 @@ import pandas as pd
 
 from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
+from oodbench.report.analyses import gather_analyses
 from oodbench.report.figures import bpd_histogram, roc_curves
 from oodbench.report.findings import finding
 from oodbench.report.latex import latex
@@ -160,7 +161,8 @@ def per_run_markdown(frame: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".3f")
 
 
-def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str], rocs: dict[int, str]) -> str:
+def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str], rocs: dict[int, str],
+             analyses: list[str] = ()) -> str:
     likelihood = likelihood_rows(frame)
     dims = ", ".join(f"{d:,}" for d in sorted(frame["bpd_dims"].unique()))
     per_family = [part for family in sorted(summary["model"].unique())
@@ -229,6 +231,7 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "",
         f"Discretization: {'; '.join(sorted(frame['discretization'].unique()))}.",
         "",
+        *analyses,
     ]
     for i, name in sorted(figures.items()):
         title = f"{likelihood.loc[i, 'model']} {likelihood.loc[i, 'pair']} seed {likelihood.loc[i, 'seed']}"
@@ -262,9 +265,11 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
                                                                                        float_format="%.6f"))
     summary = summarize(frame)
     write_with(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
-    write_text(out_dir / "results.md", markdown(frame, summary, figures, rocs))
+    analyses = gather_analyses(run_folders(runs_dirs), out_dir)
+    write_text(out_dir / "results.md", markdown(frame, summary, figures, rocs, analyses.markdown))
     write_text(out_dir / "results.tex", latex(summary))
-    written = ["results.csv", "summary.csv", "results.md", "results.tex", *figures.values(), *rocs.values()]
+    written = ["results.csv", "summary.csv", "results.md", "results.tex", *figures.values(), *rocs.values(),
+               *analyses.files]
     _remove_stale(out_dir, written)
     write_json(out_dir / MANIFEST, {"runs": sorted({str(Path(f).parent.parent) for f in frame["_folder"]}),
                                     "files": written})

@@ -1,4 +1,12 @@
-"""The paper's second-order analysis (Nalisnick et al. 2019, Section 5) of one trained Glow run and one pair.
+"""`oodbench analyze`: the paper's analyses of one trained flow (Nalisnick et al. 2019, Sections 4-5).
+
+- decomposition (Section 4, Figure 3): an evaluation's per-image log p(z) and log|det| as bits/dim
+  contributions per set (analysis/decomposition.py), a table and a figure;
+- second order (Section 5): the function below;
+- the likelihood over training: the figure of the run's logs/ood_curve.csv (runner/ood_curve.py).
+Each writes into the run's `analysis/` folder (layout.py), atomically; `oodbench report` gathers them.
+
+The second-order analysis of one trained Glow run and one pair:
 
 Loads the run's checkpoint and two image sets, p* = images the run trained on (its training split,
 restricted to `splits.npz`) and q = the pair's OOD set, and hands them to the pure functions of
@@ -10,12 +18,19 @@ log-likelihoods are the ones `oodbench evaluate` computes for the same images.
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
+from oodbench.analysis.decomposition import decomposition_table
 from oodbench.analysis.second_order import PAPER_SCALE, cv_glow_alphas, second_order_row, variance_difference
+from oodbench.atomic import write_with
+from oodbench.config import AnalysisConfig
 from oodbench.data import ImageSet, Pair, parse_pair
 from oodbench.data.quantize import dequantize
 from oodbench.errors import OodbenchError
@@ -108,3 +123,89 @@ def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | Non
         **row,
         **{f"var_diff_paper_c{c}": float(v) for c, v in enumerate(paper_units)},
     }
+
+
+# --- `oodbench analyze`: the analyses of one run, written into its analysis/ folder ----------------------
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    run: RunPaths
+    pairs: tuple[str, ...] = ()  # IN:OUT, IN the run's dataset (decomposition and second order)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    data_root: str | None = None
+    checkpoint: str = "best"
+    strict: bool = True  # an analysis asked for that does not apply (not a flow, no curve) is an error
+
+
+@dataclass(frozen=True)
+class AnalyzeResult:
+    written: tuple[Path, ...]
+    skipped: tuple[str, ...] = ()  # what did not apply, and why
+
+
+def evaluation_scores(paths: RunPaths, pair: Pair) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(scores.csv, the likelihood's results row) of the run's evaluation of `pair`; none: an error saying
+    what to run."""
+    folder = paths.eval_dir(str(pair.in_ref), str(pair.out_ref))
+    try:
+        rows = json.loads((folder / "metrics.json").read_text())["rows"]
+        row = next(row for row in rows if row["score"] == "likelihood")
+        return pd.read_csv(folder / "scores.csv"), row
+    except (OSError, ValueError, KeyError, StopIteration):
+        raise OodbenchError(f"no evaluation of {pair} in {paths.root}: run `oodbench evaluate --run {paths.root} "
+                            f"--pair {pair}` first (the decomposition reads its per-image statistics)") from None
+
+
+def decomposition(paths: RunPaths, pair: Pair) -> Path:
+    """The prior / volume decomposition of an evaluation (analysis/decomposition.py) as a table."""
+    scores, _ = evaluation_scores(paths, pair)
+    record = RunRecord.read(paths.config)
+    table = decomposition_table(scores, record.bpd_dims, model_dims=math.prod(record.image_shape))
+    table.insert(0, "pair", str(pair))
+    table.insert(0, "seed", record.seed)
+    table.insert(0, "model", record.model)
+    csv_path = paths.analysis_file("decomposition", str(pair.in_ref), str(pair.out_ref))
+    write_with(csv_path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
+    return csv_path
+
+
+def analyze(request: AnalyzeRequest) -> AnalyzeResult:
+    """The tables of every analysis of `request.analysis.what` that applies to the run, written atomically
+    into `analysis/` (the curve's table is the training's logs/ood_curve.csv; the figures are the report's,
+    report/analysis_figures.py); one that does not apply is an error when `strict`, else skipped."""
+    paths = request.run
+    record = RunRecord.read(paths.config)
+    pairs = [parse_pair(text) for text in request.pairs]
+    wanted = request.analysis.what
+    if {"decomposition", "second-order"} & set(wanted) and not pairs and request.strict:
+        raise OodbenchError("the decomposition and the second-order analysis need --pair IN:OUT; pass one, or "
+                            "--what curve")
+    written, skipped = [], []
+
+    def not_applicable(why: str) -> None:
+        if request.strict:
+            raise OodbenchError(why)
+        skipped.append(why)
+
+    for what in wanted:
+        if what in ("decomposition", "second-order") and record.model not in GLOW_FAMILIES:
+            not_applicable(f"the {what} analysis applies to flows ({', '.join(GLOW_FAMILIES)}); {paths.root} is a "
+                           f"{record.model} run")
+            continue
+        if what == "curve":
+            if not paths.ood_curve.is_file():
+                not_applicable(f"{paths.ood_curve} does not exist: train with OOD sets for the curve "
+                               "(`oodbench train ... --curve-ood svhn`)")
+                continue
+            written.append(paths.ood_curve)
+        for pair in pairs:
+            if what == "decomposition":
+                written.append(decomposition(paths, pair))
+            elif what == "second-order":
+                row = second_order(paths.root, pair, data_root=request.data_root, n_images=request.analysis.n_images,
+                                   n_probes=request.analysis.probes, checkpoint=request.checkpoint)
+                row.update({"seed": record.seed, "in_dataset": record.dataset})
+                csv_path = paths.analysis_file("second_order", str(pair.in_ref), str(pair.out_ref))
+                write_with(csv_path, lambda tmp, row=row: pd.DataFrame([row]).to_csv(tmp, index=False))
+                written.append(csv_path)
+    return AnalyzeResult(tuple(written), tuple(skipped))

@@ -10,6 +10,9 @@
       logs/ood_curve.csv          bits/dim of fixed in-train, in-test and OOD subsets during training (runner/ood_curve.py)
       statistics/                 per-sample model outputs of each scored set, cached (runner/statistics.py)
       eval/<in>_vs_<out>/         scores.csv (per sample), metrics.json (one row per score), config.yaml
+      analysis/                   the paper's analyses of a flow (runner/analyze.py): per pair
+                                  decomposition_<in>_vs_<out>.csv/.png, second_order_<in>_vs_<out>.csv;
+                                  ood_curve.png from logs/ood_curve.csv
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ class RunPaths:
 
     def eval_dir(self, in_name: str, out_name: str) -> Path:
         return self.root / "eval" / f"{slug(in_name)}_vs_{slug(out_name)}"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    def analysis_file(self, kind: str, in_name: str, out_name: str, suffix: str = ".csv") -> Path:
+        """analysis/<kind>_<in>_vs_<out><suffix>, e.g. analysis/second_order_cifar10_vs_svhn.csv."""
+        return self.analysis / f"{kind}_{slug(in_name)}_vs_{slug(out_name)}{suffix}"
 
     def checkpoint(self, which: str = "best") -> Path:
         """The requested checkpoint, falling back from best to last (a run with no validation)."""

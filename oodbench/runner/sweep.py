@@ -8,6 +8,10 @@ last seed's evaluations also score the ensemble of them all (ensemble likelihood
 ordered deterministically, so `--shard I/N` (0 <= I < N) gives each of N machines a disjoint slice of
 (model, dataset) groups, and `oodbench report --runs A --runs B` merges their folders.
 
+A flow's cells also get the paper's analyses (runner/analyze.py) of every pair once it is evaluated,
+the profile's `analysis:` settings, and the first seed records the likelihood over training on the
+pairs' OOD sets (runner/ood_curve.py).
+
 Resuming is by the files a cell leaves (layout.py): `trained.json` means training finished,
 `checkpoints/last.ckpt` means it resumes from the last epoch end (which replays exactly what an
 uninterrupted run computes), `eval/<pair>/metrics.json` means that evaluation is done. Killing a
@@ -22,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from oodbench.config import EvalConfig, Profile, TrainConfig, resolve
-from oodbench.data import dataset_availability, parse_dataset_ref, parse_pair
+from oodbench.config import AnalysisConfig, EvalConfig, Profile, TrainConfig, resolve
+from oodbench.data import Pair, dataset_availability, parse_dataset_ref, parse_pair
 from oodbench.errors import Interrupted, OodbenchError
+from oodbench.runner.analyze import GLOW_FAMILIES, AnalyzeRequest, analyze
 from oodbench.runner.evaluate import EvalRequest, evaluate
 from oodbench.runner.layout import RunPaths, run_name
 from oodbench.runner.train import TrainRequest, train
@@ -42,6 +47,8 @@ class Cell:
     background: float | None = None  # a background model of this perturbation rate (trained, not evaluated)
     background_run: str | None = None  # the name of the background model this cell's likelihood ratio uses
     members: tuple[int, ...] = ()  # the seeds of the ensemble this cell's evaluations score (its own among them)
+    analyze: bool = False  # a flow's evaluations get the paper's analyses (runner/analyze.py)
+    curve_ood: tuple[str, ...] = ()  # OOD sets of the likelihood curve recorded while training (runner/ood_curve.py)
 
     @property
     def name(self) -> str:
@@ -55,6 +62,7 @@ class CellPlan:
     reason: str = ""
     pairs: tuple[str, ...] = ()  # the pairs still to evaluate (their data is available)
     skipped_pairs: tuple[tuple[str, str], ...] = ()  # (pair, why)
+    analyses: tuple[str, ...] = ()  # the pairs whose analyses are still to write (evaluated now or before)
 
 
 def parse_only(text: str | None) -> dict[str, str]:
@@ -101,9 +109,15 @@ def _group(profile: Profile, model: str, dataset: str, pairs: tuple[str, ...]) -
     if _wants(scores, "likelihood_ratio"):
         group.append(Cell(model, dataset, seeds[0], (), background=profile.background))
         background = group[0].name
+    flow = model in GLOW_FAMILIES
+    analysis = profile.analysis
+    # The curve of the first seed only: one per (model, dataset) is the paper's check, and it costs scoring.
+    curve = tuple(dict.fromkeys(str(parse_pair(p).out_ref) for p in pairs)) if flow and analysis.curve \
+        and "curve" in analysis.what else ()
     for seed in seeds:
         group.append(Cell(model, dataset, seed, pairs, background_run=background,
-                          members=members if seed == seeds[-1] else ()))
+                          members=members if seed == seeds[-1] else (), analyze=flow,
+                          curve_ood=curve if seed == seeds[0] else ()))
     return group
 
 
@@ -138,12 +152,21 @@ def _evaluated(metrics_json: Path, scores: tuple[str, ...] | None) -> bool:
     return set(scores if scores is not None else SCORES.registered()) <= done
 
 
+def _analysed(paths: RunPaths, pair: Pair, analysis: AnalysisConfig) -> bool:
+    """Whether the analyses a sweep writes per pair (the decomposition, the second order) are there."""
+    kinds = [kind for kind, what in (("decomposition", "decomposition"), ("second_order", "second-order"))
+             if what in analysis.what]
+    return all(paths.analysis_file(kind, str(pair.in_ref), str(pair.out_ref)).is_file() for kind in kinds)
+
+
 def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool,
-              scores: tuple[str, ...] | None = None) -> CellPlan:
+              scores: tuple[str, ...] | None = None, analysis: AnalysisConfig | None = None) -> CellPlan:
     paths = RunPaths(runs_dir / cell.name)
-    todo, skipped = [], []
+    todo, skipped, analyses = [], [], []
     for text in cell.pairs:
         pair = parse_pair(text)
+        if cell.analyze and analysis is not None and not _analysed(paths, pair, analysis):
+            analyses.append(text)  # once evaluated: now, or in an earlier sweep
         if _evaluated(paths.eval_dir(str(pair.in_ref), str(pair.out_ref)) / "metrics.json", scores):
             continue
         out_ref = str(pair.out_ref)
@@ -151,16 +174,17 @@ def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool,
             skipped.append((text, f"{out_ref} test data not found locally"))
         else:
             todo.append(text)
+    analyses = [p for p in analyses if p not in dict(skipped)]
     if paths.trained.is_file():
-        action = "evaluate" if todo else "done"
-        return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped))
+        action = "evaluate" if todo else "analyze" if analyses else "done"
+        return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped), analyses=tuple(analyses))
     if not download:
         for split in ("train", "test"):
             if not _available(cell.dataset, split, data_root):
                 why = f"{cell.dataset} {split} data not found locally"
                 return CellPlan(cell, "skip", reason=why, skipped_pairs=tuple((p, why) for p in cell.pairs))
     action = "resume" if paths.last.is_file() else "train"
-    return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped))
+    return CellPlan(cell, action, pairs=tuple(todo), skipped_pairs=tuple(skipped), analyses=tuple(analyses))
 
 
 @dataclass(frozen=True)
@@ -194,6 +218,7 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
             train=settings.train_for(cell),
             model_settings=settings.profile.models.get(cell.model, {}), data_root=settings.data_root,
             download=settings.download, quiet=settings.quiet, notify=notify,
+            ood_sets=cell.curve_ood, curve_match_channels=settings.eval_for(cell).match_channels,
         ))
     background = members = None
     if plan.pairs:
@@ -204,6 +229,11 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
         evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval_for(cell), data_root=settings.data_root,
                              download=settings.download, quiet=settings.quiet, recompute=settings.recompute,
                              background=background, members=members or ()))
+    if plan.analyses:
+        result = analyze(AnalyzeRequest(run=paths, pairs=plan.analyses, analysis=settings.profile.analysis,
+                                        data_root=settings.data_root, strict=False))
+        for why in result.skipped:
+            notify(f"{cell.name}: {why}")
     return len(plan.pairs)
 
 
