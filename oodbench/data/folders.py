@@ -36,6 +36,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from oodbench.data.sources import Found, Lookup, Missing, Pixels
 from oodbench.data.transforms import Box, crop_resize
 from oodbench.errors import OodbenchError
+from oodbench.ticker import track
 
 SIZE = 32
 
@@ -72,7 +73,8 @@ def decode_resized(paths: list[Path], box: Box | None = None, expect: tuple[int,
     is slow on a busy machine).
     """
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        resized = list(pool.map(lambda path: _decode_resized(path, box, expect), paths))
+        resized = list(track(pool.map(lambda path: _decode_resized(path, box, expect), paths), total=len(paths),
+                             what=f"decoding {paths[0].parent if paths else ''} into the cache"))
     if not resized:
         return torch.empty((0, 3, SIZE, SIZE), dtype=torch.uint8)
     return torch.from_numpy(np.stack(resized))

@@ -38,6 +38,7 @@ from oodbench.data import cache
 from oodbench.data.sources import npz_shape
 from oodbench.data.transforms import luminance, replicate
 from oodbench.errors import OodbenchError
+from oodbench.ticker import track
 
 KINDS = ("folder", "npz")
 SPLITS = ("train", "test")
@@ -188,7 +189,8 @@ def _decode_folder(root: Path, size: int, skip_unreadable: bool) -> Decoded:
                             "point folder: at a folder of images")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         mode = "L" if all(pool.map(_is_grey, files)) else "RGB"
-        decoded = list(pool.map(lambda path: _decode_file(path, mode, size), files))
+        decoded = list(track(pool.map(lambda path: _decode_file(path, mode, size), files), total=len(files),
+                             what=f"decoding {root} into the cache"))
     failures = [(path, why) for path, why in zip(files, decoded, strict=True) if isinstance(why, str)]
     if failures and not skip_unreadable:
         raise _unreadable(root, failures)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
+from oodbench.ticker import track
 from oodbench.report.analyses import gather_analyses
 from oodbench.report.figures import bpd_histogram, roc_curves
 from oodbench.report.findings import finding
@@ -256,7 +257,8 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     frame = collect_results(runs_dirs)
     out_dir = check_writable(out_dir, "--out")
     figures, rocs = {}, {}
-    for i, row in likelihood_rows(frame).iterrows():  # one histogram and one ROC figure per evaluation
+    rows = likelihood_rows(frame)
+    for i, row in track(rows.iterrows(), total=len(rows), what="drawing the report's figures"):  # 2 per evaluation
         stem = f"{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}_{row['setup'][:6]}.png"
         bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / f"hist_{stem}", row=row.to_dict())
         roc_curves(Path(row["_folder"]) / "scores.csv", out_dir / f"roc_{stem}", row=row.to_dict())

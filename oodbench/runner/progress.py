@@ -146,7 +146,10 @@ class ScoringEstimate(pl.Callback):
             return
         self._said = True
         total = sum(len(loader.dataset) for loader in trainer.predict_dataloaders)
-        text = scoring_estimate(self._done * trainer.world_size, elapsed, total, pl_module.model.bound)
+        # what is computed: the likelihood's bound, or an optional statistic such as the VAE's regret refits
+        statistic = getattr(pl_module, "statistic", "likelihood")
+        what = pl_module.model.bound if statistic == "likelihood" else statistic
+        text = scoring_estimate(self._done * trainer.world_size, elapsed, total, what)
         if text is None or not trainer.is_global_zero:
             return
         if self.say is not None:
