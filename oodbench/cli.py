@@ -295,6 +295,7 @@ def evaluate(
     write per-sample statistics and scores, and one metrics row per score."""
     from oodbench.data import parse_pair
     from oodbench.runner import EvalRequest, RunPaths, evaluate as run_evaluation, find_run
+    from oodbench.schema import RunRecord
     from oodbench.scores import parse_scores
 
     parsed = parse_pair(pair)
@@ -303,7 +304,8 @@ def evaluate(
         raise OodbenchError("pass exactly one of --run DIR or --model NAME")
     paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
     chosen = _profile(profile, config)
-    eval_cfg = resolve(chosen.eval_for(model) if model else chosen.eval, dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
+    family = model or RunRecord.read(paths.config).model  # a family's own evaluation settings apply to --run too
+    eval_cfg = resolve(chosen.eval_for(family), dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
                                          match_channels=match_channels, iw_samples=iw_samples,
                                          scores=score_names,
                                          accelerator=accelerator, devices=devices,
@@ -351,13 +353,15 @@ def score(
     give each a verdict at the threshold that accepts --accept of the run's in-distribution test images.
     Exits 0 whatever the verdicts."""
     from oodbench.atomic import check_writable, write_with
-    from oodbench.config import EvalConfig
     from oodbench.runner import RunPaths
     from oodbench.runner.gate import VERDICT_OOD, GateRequest, score_images
+    from oodbench.schema import RunRecord
     from oodbench.scores import parse_scores
 
     check_writable(out.parent if str(out.parent) else Path("."), "--out")
-    eval_cfg = resolve(EvalConfig(), dict(batch_size=batch_size, iw_samples=iw_samples, match_channels=match_channels))
+    family = RunRecord.read(RunPaths(run).config).model  # the built-in (CPU) evaluation settings of its family
+    eval_cfg = resolve(load_profile(None).eval_for(family), dict(batch_size=batch_size, iw_samples=iw_samples,
+                                                                 match_channels=match_channels))
     result = score_images(GateRequest(
         run=RunPaths(run), images=images, scores=parse_scores(scores), by=by, accept=accept, eval=eval_cfg,
         checkpoint=checkpoint, data_root=data_root, skip_unreadable=skip_unreadable, quiet=quiet))
