@@ -19,6 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -126,5 +127,26 @@ def make_trainer(*, root: Path, accelerator: str, devices: str, precision: str, 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OodbenchError(f"this machine cannot run --accelerator {accelerator} --devices {devices} --strategy "
                             f"{strategy} --precision {precision}: {first}") from None
+    check_precision(trainer.accelerator, precision)
     os.makedirs(root, exist_ok=True)
     return trainer
+
+
+def native_bf16(accelerator: Any) -> bool:
+    """Whether the device computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
+    or AMX (elsewhere autocast emulates bf16, slower than float32)."""
+    if isinstance(accelerator, CUDAAccelerator):
+        return torch.cuda.is_bf16_supported()
+    if isinstance(accelerator, CPUAccelerator):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return True  # other accelerators (MPS, XLA) decide for themselves
+
+
+def check_precision(accelerator: Any, precision: str) -> None:
+    """bf16 training only where the hardware has it: an emulated bf16 is slower than float32, so it is an error
+    rather than a silent slowdown."""
+    if str(precision).startswith("bf16") and not native_bf16(accelerator):
+        device = "GPU" if isinstance(accelerator, CUDAAccelerator) else "CPU"
+        raise OodbenchError(f"--precision {precision}: this {device} has no native bf16 (AVX512-BF16 / AMX on a CPU, "
+                            "Ampere or newer on a GPU), so it would run slower than float32; use --precision 32-true "
+                            "(or 16-mixed on a GPU)")

@@ -79,3 +79,20 @@ def test_the_logger_flag_passes_through_to_lightning(tmp_path, staged_root, caps
         assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())  # nothing half-written
     code, _, err = run_cli([*common, "--run-dir", tmp_path / "bad", "--logger", "neptune"], capsys)
     assert code == 2 and "--logger" in err and "csv" in err, err
+
+
+def test_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    """A CPU without AVX512-BF16 / AMX would emulate bf16, slower than float32: refused in one line, and the
+    GPU path never falls back to the CPU (test_cli: --accelerator gpu without a GPU is an error)."""
+    import torch
+
+    from oodbench.errors import OodbenchError
+    from oodbench.runner.lightning import make_trainer
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(OodbenchError, match="no native bf16.*--precision 32-true"):
+        make_trainer(root=tmp_path, accelerator="cpu", devices="1", precision="bf16-mixed", quiet=True)
+    make_trainer(root=tmp_path, accelerator="cpu", devices="1", precision="32-true", quiet=True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    make_trainer(root=tmp_path, accelerator="cpu", devices="1", precision="bf16-mixed", quiet=True)
