@@ -34,3 +34,16 @@ def _private_tensor_cache(tmp_path_factory: pytest.TempPathFactory):
         yield
     written = sorted(_listing(USER_CACHE) - before)
     assert not written, f"tests wrote into {USER_CACHE}: {written[:5]}"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on one thread: threads gain nothing at these shapes, and on a shared CPU every oneDNN
+    call's thread barrier can wait out another process's time slice (a tiny forward: ~8 ms on one thread,
+    ~0.7 s on two). Folders of such tests make it autouse in their conftest.py."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -34,14 +34,6 @@ from oodbench.units import bits_per_dim
 SETS = {"in_train": ("cifar10", "train", 7), "in_test": ("cifar10", "test", 9), "out_test": ("svhn", "test", 8)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _frame(bpd_dims: int, *, seed: int = 0, logdet_shift: dict[str, float] | None = None,
            constant_logdet: bool = False) -> pd.DataFrame:
     """A hand-made scores frame of a two-level flow, nats, bpd made from log_px as evaluation does."""

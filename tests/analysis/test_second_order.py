@@ -40,14 +40,6 @@ from oodbench.units import LN2, N_LEVELS
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(n, shape, *, seed, mean=0.5, spread=0.1):
     """Float images around `mean` with a per-pixel spread, deterministic."""
     generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,10 @@
+"""The analyses' tests run tiny models on one thread (the `one_thread` fixture of tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
