@@ -413,6 +413,8 @@ def analyze(
     config: ConfigOpt = DEFAULT_BENCHMARKS,
     data_root: DataRootOpt = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    match_channels: Annotated[bool, typer.Option(
+        "--match-channels", help="Convert an OOD set of other channels to the model's (as evaluate does).")] = False,
 ) -> None:
     """The paper's analyses of a trained flow: tables and figures into the run's analysis/ folder
     (`oodbench report` gathers them)."""
@@ -429,7 +431,10 @@ def analyze(
         raise OodbenchError(f"bad --what/--n-images/--probes: {exc}") from None
     paths = RunPaths(run)
     result = run_analysis(AnalyzeRequest(run=paths, pairs=tuple(pair), analysis=settings, data_root=data_root,
-                                         checkpoint=checkpoint, strict=what is not None))
+                                         checkpoint=checkpoint, strict=what is not None,
+                                         match_channels=match_channels))
+    if not result.written:
+        raise OodbenchError(f"no analysis applies to {run}: {'; '.join(result.skipped) or 'nothing asked for'}")
     figures = run_figures(paths)
     for why in result.skipped:
         console.print(f"[yellow]skipped: {escape(why)}[/]")

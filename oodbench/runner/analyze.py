@@ -77,10 +77,11 @@ def _check_sets(record: RunRecord, pair: Pair, sets: dict[str, ImageSet]) -> Non
 
 def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | None = None, n_images: int = 256,
                  sigma: float = 1.0, n_probes: int | None = None, chunk: int = 64, batch_size: int = 64,
-                 checkpoint: str = "best", device: str = "cpu") -> dict[str, Any]:
+                 checkpoint: str = "best", device: str = "cpu", match_channels: bool = False) -> dict[str, Any]:
     """One row of the second-order analysis of the Glow or CV-Glow run in `run_dir` on `pair` (IN:OUT, IN
     the run's dataset): `n_images` of each set, the Hessian's diagonal exactly (n_probes None: D products)
-    or by Hutchinson's estimate from `n_probes`. For an affine Glow the closed form is only a comparison
+    or by Hutchinson's estimate from `n_probes`; an OOD set of other channels is converted with
+    `match_channels` (as evaluation's --match-channels), else an error. For an affine Glow the closed form is only a comparison
     (it assumes a volume-preserving flow); the exact terms hold for any flow."""
     paths = RunPaths(Path(run_dir))
     record = RunRecord.read(paths.config)
@@ -98,7 +99,8 @@ def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | Non
     train_index, _ = read_splits(paths.splits)
     sets = {
         "p*": images_among(loader.load(record.dataset, "train"), train_index, n_images, "trained on"),
-        "q": _seeded_subset(loader.load(pair.out_ref.name, pair.out_ref.split or "test"), n_images),
+        "q": _seeded_subset(loader.fitting(loader.load(pair.out_ref.name, pair.out_ref.split or "test"), match_channels),
+                            n_images),
     }
     _check_sets(record, pair, sets)
 
@@ -134,7 +136,10 @@ class AnalyzeRequest:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     data_root: str | None = None
     checkpoint: str = "best"
-    strict: bool = True  # an analysis asked for that does not apply (not a flow, no curve) is an error
+    match_channels: bool = False  # convert an OOD set of other channels (as evaluation's --match-channels)
+    # An analysis asked for that does not apply (not a flow, no curve, no evaluation of a pair, another
+    # channel count) is an error; a sweep (False) skips it with the reason.
+    strict: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,18 @@ def decomposition(paths: RunPaths, pair: Pair) -> Path:
     return csv_path
 
 
+def _pair_analysis(what: str, paths: RunPaths, pair: Pair, record: RunRecord, request: AnalyzeRequest) -> Path:
+    if what == "decomposition":
+        return decomposition(paths, pair)
+    row = second_order(paths.root, pair, data_root=request.data_root, n_images=request.analysis.n_images,
+                       n_probes=request.analysis.probes, checkpoint=request.checkpoint,
+                       match_channels=request.match_channels)
+    row.update({"seed": record.seed, "in_dataset": record.dataset})
+    csv_path = paths.analysis_file("second_order", str(pair.in_ref), str(pair.out_ref))
+    write_with(csv_path, lambda tmp: pd.DataFrame([row]).to_csv(tmp, index=False))
+    return csv_path
+
+
 def analyze(request: AnalyzeRequest) -> AnalyzeResult:
     """The tables of every analysis of `request.analysis.what` that applies to the run, written atomically
     into `analysis/` (the curve's table is the training's logs/ood_curve.csv; the figures are the report's,
@@ -198,14 +215,9 @@ def analyze(request: AnalyzeRequest) -> AnalyzeResult:
                                "(`oodbench train ... --curve-ood svhn`)")
                 continue
             written.append(paths.ood_curve)
-        for pair in pairs:
-            if what == "decomposition":
-                written.append(decomposition(paths, pair))
-            elif what == "second-order":
-                row = second_order(paths.root, pair, data_root=request.data_root, n_images=request.analysis.n_images,
-                                   n_probes=request.analysis.probes, checkpoint=request.checkpoint)
-                row.update({"seed": record.seed, "in_dataset": record.dataset})
-                csv_path = paths.analysis_file("second_order", str(pair.in_ref), str(pair.out_ref))
-                write_with(csv_path, lambda tmp, row=row: pd.DataFrame([row]).to_csv(tmp, index=False))
-                written.append(csv_path)
+        for pair in pairs if what != "curve" else ():
+            try:
+                written.append(_pair_analysis(what, paths, pair, record, request))
+            except OodbenchError as exc:
+                not_applicable(f"{what} of {pair}: {exc}")
     return AnalyzeResult(tuple(written), tuple(skipped))

@@ -231,7 +231,8 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
                              background=background, members=members or ()))
     if plan.analyses:
         result = analyze(AnalyzeRequest(run=paths, pairs=plan.analyses, analysis=settings.profile.analysis,
-                                        data_root=settings.data_root, strict=False))
+                                        data_root=settings.data_root, strict=False,
+                                        match_channels=settings.eval_for(cell).match_channels))
         for why in result.skipped:
             notify(f"{cell.name}: {why}")
     return len(plan.pairs)
