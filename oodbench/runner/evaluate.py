@@ -220,6 +220,15 @@ def _score_units(variant: Score, stats: dict[str, pd.DataFrame], fit_set: str) -
     return fitted, fitted.score(stats["in_test"]), fitted.score(stats["out_test"])
 
 
+def _set_scores(fitted: Score, stats: pd.DataFrame) -> np.ndarray:
+    """A set's per-sample scores; NaN for a set without the statistics the score needs (see `compared_sets`)."""
+    if len(stats) == 0:
+        return np.empty(0)
+    if fitted.missing(set(stats.columns)) or stats[list(fitted.needs)].isna().any(axis=None):
+        return np.full(len(stats), np.nan)
+    return fitted.score(stats)
+
+
 def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: list[Score], *, family: str,
                fit_set: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, str]]:
     """For each score variant: its results row, fitted on `fit_set` and compared on in-test vs out-test;
@@ -244,7 +253,7 @@ def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: l
         rows.append(row)
         if variant.per_sample:
             per_sample[SCORE_PREFIX + variant.label] = np.concatenate(
-                [fitted.score(stats[name]) if len(stats[name]) else np.empty(0) for name in SETS])
+                [_set_scores(fitted, stats[name]) for name in SETS])
     return rows, per_sample, skipped
 
 
@@ -332,28 +341,41 @@ def _companion(paths: RunPaths, record: RunRecord, request: EvalRequest, role: s
     return Companion(paths=paths, module=module, checkpoint=checkpoint, record=other)
 
 
+def compared_sets(variants: list[Score], fit_set: str) -> tuple[str, ...]:
+    """The sets whose optional statistics and companion statistics the scores use: the two compared ones,
+    and the fit set when a score that needs more than the run's own likelihood is fitted. The others
+    (in-train, and usually the validation hold-out) are not scored by the regret refits or the other
+    runs: their per-sample values of those scores are left empty (NaN) in scores.csv."""
+    fitted = any(type(v).fit is not Score.fit for v in variants if v.extra_statistics or v.needs_companions)
+    return ("in_test", "out_test", *((fit_set,) if fitted else ()))
+
+
 def _join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], request: EvalRequest,
-                     record: RunRecord, quiet: bool) -> tuple[dict[str, pd.DataFrame], str | None]:
+                     record: RunRecord, quiet: bool, only: tuple[str, ...] | None = None,
+                     ) -> tuple[dict[str, pd.DataFrame], str | None]:
     """`stats` with the background model's and the ensemble members' statistics of the same images
-    joined on (computed, or read from each companion's own statistics cache); and the ensemble's seeds
-    ("0,1,2", the run's own among them; None without members)."""
+    joined on (computed, or read from each companion's own statistics cache) for the sets `only` (None:
+    all); and the ensemble's seeds ("0,1,2", the run's own among them; None without members)."""
     cfg = request.eval
+    scored = {name: images for name, images in sets.items() if only is None or name in only}
 
     def statistics_of(companion: Companion) -> dict[str, pd.DataFrame]:
-        found, _, _ = set_statistics(companion.module, sets, cfg, paths=companion.paths, checkpoint=companion.checkpoint,
-                                     bpd_dims=record.bpd_dims, quiet=quiet, recompute=request.recompute)
+        found, _, _ = set_statistics(companion.module, scored, cfg, paths=companion.paths,
+                                     checkpoint=companion.checkpoint, bpd_dims=record.bpd_dims, quiet=quiet,
+                                     recompute=request.recompute)
         return found
 
     joined, seeds = dict(stats), None
     try:
         if request.background is not None:
             background = statistics_of(_companion(request.background, record, request, "background"))
-            joined = {name: join_background(frame, background[name]) for name, frame in joined.items()}
+            joined = {name: join_background(frame, background[name]) if name in scored else frame
+                      for name, frame in joined.items()}
         if request.members:
             companions = [_companion(p, record, request, "member") for p in request.members]
             members = [statistics_of(companion) for companion in companions]
-            joined = {name: join_members(frame, [stats[name], *(m[name] for m in members)])
-                      for name, frame in joined.items()}
+            joined = {name: join_members(frame, [stats[name], *(m[name] for m in members)]) if name in scored
+                      else frame for name, frame in joined.items()}
             seeds = ",".join(map(str, sorted([record.seed, *(c.record.seed for c in companions)])))
     except ValueError as exc:  # images that do not match: a bug or a changed data root, never a partial join
         raise OodbenchError(str(exc)) from None
@@ -384,11 +406,14 @@ def evaluate(request: EvalRequest) -> EvalResult:
     extras = tuple(dict.fromkeys(statistic for variant in variants for statistic in variant.extra_statistics
                                  if variant.families is None or record.model in variant.families))
 
+    fit_set = FIT_SET if len(sets[FIT_SET]) else "in_train"
     try:
         stats, computed, writer = set_statistics(module, sets, cfg, paths=request.run, checkpoint=checkpoint_path,
                                                  bpd_dims=record.bpd_dims, quiet=request.quiet,
-                                                 recompute=request.recompute, extras=extras)
-        stats, members = _join_companions(stats, sets, request, record, request.quiet)
+                                                 recompute=request.recompute, extras=extras,
+                                                 extra_sets=compared_sets(variants, fit_set))
+        stats, members = _join_companions(stats, sets, request, record, request.quiet,
+                                          only=compared_sets(variants, fit_set))
     except Interrupted as stop:
         stop.detail = f"nothing new was written to {folder}; rerun the same command to score it"
         raise
@@ -396,8 +421,7 @@ def evaluate(request: EvalRequest) -> EvalResult:
         raise OodbenchError(f"the model in {checkpoint_path} gives non-finite likelihoods; retrain it")
     base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module,
                     trained=_training_done(request, checkpoint), members=members)
-    rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model,
-                                           fit_set=FIT_SET if len(stats[FIT_SET]) else "in_train")
+    rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model, fit_set=fit_set)
     rows = [{column: row.get(column) for column in RESULT_COLUMNS} for row in rows]
     frames = [stats[name].assign(set=name, dataset=sets[name].name, split=sets[name].split) for name in SETS]
     scores = pd.concat(frames, ignore_index=True)

@@ -181,19 +181,22 @@ def _cached_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Ev
 
 def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, *, paths: RunPaths,
                    checkpoint: Path, bpd_dims: int, quiet: bool, recompute: bool = False,
-                   extras: tuple[str, ...] = ()) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
+                   extras: tuple[str, ...] = (), extra_sets: tuple[str, ...] | None = None,
+                   ) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
     """(statistics of every set, the sets that had to be scored, whether this process writes files).
     `extras`: optional statistics of the model to add (its `extra_statistics`, e.g. the VAE's regret),
-    each cached on its own, so asking for one never recomputes the likelihood. `recompute` scores every
-    set again and rewrites its cache entries."""
+    each cached on its own, so asking for one never recomputes the likelihood; computed on the sets
+    `extra_sets` only (None: all), the others get NaN there. `recompute` scores every set again and
+    rewrites its cache entries."""
     digest = file_digest(checkpoint)
     outputs, computed, writer = _cached_outputs(module, sets, cfg, paths=paths, digest=digest, statistic="likelihood",
                                                 quiet=quiet, recompute=recompute)
+    wanted = {name: images for name, images in sets.items() if extra_sets is None or name in extra_sets}
     for statistic in extras:
-        extra, more, writes = _cached_outputs(module, sets, cfg, paths=paths, digest=digest, statistic=statistic,
+        extra, more, writes = _cached_outputs(module, wanted, cfg, paths=paths, digest=digest, statistic=statistic,
                                               quiet=quiet, recompute=recompute)
         outputs = {name: outputs[name].merge(extra[name], on="index", how="left", validate="one_to_one")
-                   for name in sets}
+                   if name in extra else outputs[name] for name in sets}
         computed += [name for name in more if name not in computed]
         writer = writer and writes
     return {name: assemble(outputs[name], images, bpd_dims) for name, images in sets.items()}, computed, writer

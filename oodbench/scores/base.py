@@ -45,6 +45,7 @@ class Score(abc.ABC):
     families: ClassVar[tuple[str, ...] | None] = None
     per_sample: ClassVar[bool] = True  # one score per image (False: per batch)
     extra_statistics: ClassVar[tuple[str, ...]] = ()  # statistics computed only on request (runner/statistics.py)
+    needs_companions: ClassVar[bool] = False  # statistics of other runs of the same images (companions.py)
     missing_hint: ClassVar[str] = ""  # what gives the needed statistics when they are missing
     threshold: float | None = None  # set by `fit` where the score has a decision rule
 

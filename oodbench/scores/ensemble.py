@@ -43,6 +43,7 @@ def waic(log_px: np.ndarray) -> np.ndarray:
 
 
 class _EnsembleScore(Score):
+    needs_companions = True
     missing_hint = ("{name} needs an ensemble: 2 or more runs of the same setup with different seeds (pass "
                     "--member-run DIR for each other seed; a sweep whose profile lists several seeds does it)")
 

@@ -28,6 +28,7 @@ class LikelihoodRatio(Score):
     name = "likelihood_ratio"
     paper = "Ren et al., NeurIPS 2019"
     needs = ("bpd", BACKGROUND + "bpd")
+    needs_companions = True
     missing_hint = ("likelihood_ratio needs a background model of the same family and data: train one with "
                     "`oodbench train ... --background 0.2` and pass it with --background-run (sweeps do both)")
 
