@@ -39,12 +39,12 @@ from oodbench.runner.layout import RunPaths
 from oodbench.schema import RunRecord, read_splits
 
 GLOW_FAMILIES = ("glow", "cv-glow")  # the analysis needs a flow's continuous density log p(y)
-OUT_SAMPLE_SEED = 2  # which of the OOD set's images are analysed
+SAMPLE_SEED = 2  # which images of each set the Hessian terms and the measured gap use
 
 
 def _seeded_subset(images: ImageSet, n: int) -> ImageSet:
     """`n` images of `images` (seeded, in index order), or all of them."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(OUT_SAMPLE_SEED))[:n]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SAMPLE_SEED))[:n]
     chosen = order.sort().values
     return ImageSet(name=images.name, split=images.split, images=images.images[chosen].contiguous(),
                     index=images.index[chosen].contiguous(), source=images.source)
@@ -97,11 +97,13 @@ def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | Non
 
     loader = RunImages(record, paths, None if data_root is None else str(data_root))
     train_index, _ = read_splits(paths.splits)
-    sets = {
-        "p*": images_among(loader.load(record.dataset, "train"), train_index, n_images, "trained on"),
-        "q": _seeded_subset(loader.fitting(loader.load(pair.out_ref.name, pair.out_ref.split or "test"), match_channels),
-                            n_images),
+    # The variance terms are cheap: of every image trained on and every OOD image (the paper's are of whole
+    # sets); the Hessian terms and the measured gap use `n_images` of each.
+    whole = {
+        "p*": images_among(loader.load(record.dataset, "train"), train_index, None, "trained on"),
+        "q": loader.fitting(loader.load(pair.out_ref.name, pair.out_ref.split or "test"), match_channels),
     }
+    sets = {"p*": _seeded_subset(whole["p*"], n_images), "q": _seeded_subset(whole["q"], n_images)}
     _check_sets(record, pair, sets)
 
     checkpoint_path = paths.checkpoint(checkpoint)
@@ -118,12 +120,14 @@ def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | Non
     row = second_order_row(log_prob_fn=log_prob_fn, p_y=p_y, q_y=q_y,
                            measured_gap_nats=float(q_log_px.double().mean() - p_log_px.double().mean()),
                            alphas=cv_glow_alphas(model), sigma=sigma, n_probes=n_probes, chunk=chunk)
-    paper_units = variance_difference(sets["p*"].images, sets["q"].images, scale=PAPER_SCALE)
+    paper_units = variance_difference(whole["p*"].images, whole["q"].images, scale=PAPER_SCALE)
     return {
         "run": str(paths.root), "model": record.model, "pair": str(pair), "checkpoint": str(checkpoint_path),
         "p_set": f"{sets['p*'].name}@{sets['p*'].split}", "q_set": f"{sets['q'].name}@{sets['q'].split}",
         **row,
+        # the paper's units (pixels in [0, 1]), of the whole sets: n_p_all trained-on images, n_q_all OOD images
         **{f"var_diff_paper_c{c}": float(v) for c, v in enumerate(paper_units)},
+        "n_p_all": len(whole["p*"]), "n_q_all": len(whole["q"]),
     }
 
 

@@ -52,6 +52,8 @@ def test_analyze_writes_the_tables_and_figures(analysed):
     assert row["n"] == len(test) == 200
     second = pd.read_csv(run / "analysis" / "second_order_fashionmnist_vs_mnist.csv").iloc[0]
     assert second["n_p"] == second["n_q"] == 32 and second["diag_method"] != "exact"
+    # the variance terms are of the whole sets: every image trained on, every MNIST test image
+    assert second["n_p_all"] == 256 and second["n_q_all"] == 10_000
     assert all(math.isfinite(second[c]) for c in ("closed_form_bpd", "diag_term_bpd", "covariance_bpd",
                                                    "measured_gap_bpd", "var_diff_paper_c0"))
     curve = pd.read_csv(run / "logs" / "ood_curve.csv")
