@@ -13,18 +13,17 @@ folder (runner/analyze.py) and the training's `logs/ood_curve.csv`, gathered, dr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from oodbench.analysis.decomposition import PRIOR, TOTAL, VOLUME, decomposition_finding
 from oodbench.atomic import write_with
-from oodbench.errors import OodbenchError
 from oodbench.report.analysis_figures import decomposition_figure, ood_curve_figure, second_order_figure
+from oodbench.data import parse_pair
+from oodbench.runner.analyze import evaluation_scores
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.ood_curve import early_stopping_finding, read_curve
 from oodbench.schema import RunRecord
@@ -48,19 +47,6 @@ def _tables(run: Path, kind: str) -> list[Path]:
     return sorted((run / "analysis").glob(f"{kind}_*.csv"))
 
 
-def _eval_row(run: Path, pair: str) -> tuple[Path, dict[str, Any]] | None:
-    """(scores.csv, likelihood row) of the run's evaluation of `pair`, or None if it is gone."""
-    for metrics in run.glob("eval/*/metrics.json"):
-        try:
-            rows = json.loads(metrics.read_text())["rows"]
-        except (OSError, ValueError, KeyError):
-            continue
-        row = next((r for r in rows if r.get("score") == "likelihood" and r.get("pair") == pair), None)
-        if row is not None:
-            return metrics.parent / "scores.csv", row
-    return None
-
-
 def _decomposition(runs: list[Path], out_dir: Path | None, found: Analyses) -> None:
     tables, lines = [], []
     for run in runs:
@@ -70,10 +56,9 @@ def _decomposition(runs: list[Path], out_dir: Path | None, found: Analyses) -> N
             first = table.iloc[0]
             finding = decomposition_finding(table)
             lines.append(f"- {first['model']} (seed {first['seed']}), {first['pair']}: {finding['summary']}")
-            evaluation = _eval_row(run, str(first["pair"]))
-            if out_dir is not None and evaluation is not None:
+            if out_dir is not None:
                 name = f"decomposition_{run.name}_{path.stem.removeprefix(DECOMPOSITION + '_')}.png"
-                decomposition_figure(pd.read_csv(evaluation[0]), evaluation[1], out_dir / name)
+                decomposition_figure(*evaluation_scores(RunPaths(run), parse_pair(str(first["pair"]))), out_dir / name)
                 found.files.append(name)
                 lines.append(f"  ![{first['model']} {first['pair']} seed {first['seed']}: decomposition]({name})")
     if not tables:
@@ -200,10 +185,7 @@ def run_figures(paths: RunPaths) -> list[Path]:
     written = []
     for path in _tables(paths.root, DECOMPOSITION):
         pair = str(pd.read_csv(path, usecols=["pair"])["pair"].iloc[0])
-        evaluation = _eval_row(paths.root, pair)
-        if evaluation is None:
-            raise OodbenchError(f"{path} has no evaluation of {pair} beside it; rerun `oodbench evaluate` for it")
-        written.append(decomposition_figure(pd.read_csv(evaluation[0]), evaluation[1], path.with_suffix(".png")))
+        written.append(decomposition_figure(*evaluation_scores(paths, parse_pair(pair)), path.with_suffix(".png")))
     tables = [pd.read_csv(path) for path in _tables(paths.root, SECOND_ORDER)]
     if tables:
         written.append(second_order_figure(pd.concat(tables).to_dict("records"), paths.analysis / "second_order.png"))

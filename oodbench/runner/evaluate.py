@@ -337,7 +337,7 @@ def _companion(paths: RunPaths, record: RunRecord, request: EvalRequest, role: s
     module, _ = load_module(checkpoint)
     module.noise_seed = request.eval.noise_seed
     if request.eval.iw_samples is not None:
-        _set_iw_samples(module, request.eval.iw_samples, other)
+        set_iw_samples(module, request.eval.iw_samples, other)
     return Companion(paths=paths, module=module, checkpoint=checkpoint, record=other)
 
 
@@ -382,7 +382,7 @@ def _join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], 
     return joined, seeds
 
 
-def _set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
+def set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
     if not hasattr(module.model, "iw_samples"):
         raise OodbenchError(f"--iw-samples applies to latent-variable models (vae); this run is a {record.model}, "
                             "whose likelihood needs no samples: drop --iw-samples")
@@ -397,7 +397,7 @@ def evaluate(request: EvalRequest) -> EvalResult:
     module, checkpoint = load_module(checkpoint_path)
     module.noise_seed = cfg.noise_seed
     if cfg.iw_samples is not None:
-        _set_iw_samples(module, cfg.iw_samples, record)
+        set_iw_samples(module, cfg.iw_samples, record)
     sets = _load_sets(pair, record, request)
     check_writable(request.run.root, "--run")
     folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))

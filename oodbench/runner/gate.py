@@ -24,7 +24,7 @@ from oodbench.data import ImageSet, parse_dataset_ref
 from oodbench.data.user import KINDS, image_files, is_user_name, parse_user
 from oodbench.errors import OodbenchError
 from oodbench.metrics import acceptance_threshold
-from oodbench.runner.evaluate import RunImages, load_module
+from oodbench.runner.evaluate import RunImages, load_module, set_iw_samples
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.statistics import set_statistics
 from oodbench.schema import FIT_SET, RunRecord
@@ -99,8 +99,8 @@ def gate(request: GateRequest, images: ImageSet) -> GateResult:
     checkpoint = request.run.checkpoint(request.checkpoint)
     module, _ = load_module(checkpoint)
     module.noise_seed = request.eval.noise_seed
-    if request.eval.iw_samples is not None and hasattr(module.model, "iw_samples"):
-        module.model.iw_samples = request.eval.iw_samples
+    if request.eval.iw_samples is not None:
+        set_iw_samples(module, request.eval.iw_samples, record)
     loader = RunImages(record, request.run, request.data_root, request.download, request.skip_unreadable)
     new = loader.fitting(images, request.eval.match_channels)
     own = loader.in_distribution(parse_dataset_ref(record.dataset), request.eval)
