@@ -229,8 +229,12 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
         evaluate(EvalRequest(run=paths, pair=pair, eval=settings.eval_for(cell), data_root=settings.data_root,
                              download=settings.download, quiet=settings.quiet, recompute=settings.recompute,
                              background=background, members=members or ()))
-    if plan.analyses:
-        result = analyze(AnalyzeRequest(run=paths, pairs=plan.analyses, analysis=settings.profile.analysis,
+    analysis = settings.profile.analysis
+    # The curve is recorded on a (model, dataset)'s first seed only: the other seeds have none to read.
+    what = tuple(w for w in analysis.what if w != "curve" or cell.curve_ood)
+    if plan.analyses and what:
+        analysis = dataclasses.replace(analysis, what=what)
+        result = analyze(AnalyzeRequest(run=paths, pairs=plan.analyses, analysis=analysis,
                                         data_root=settings.data_root, strict=False,
                                         match_channels=settings.eval_for(cell).match_channels))
         for why in result.skipped:

@@ -4,6 +4,7 @@ sweep's plan for a flow's analyses."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from cli_runs import run_cli
 from oodbench.cli import main
 from oodbench.config import AnalysisConfig, EvalConfig, Profile
-from oodbench.runner.sweep import cells, plan_cell
+from oodbench.runner.sweep import CellPlan, SweepSettings, cells, plan_cell, run_cell
 
 pytestmark = pytest.mark.slow
 TINY = ["--set", "levels=2", "--set", "steps=2", "--set", "hidden_channels=16"]
@@ -95,3 +96,23 @@ def test_the_sweep_plans_a_flows_missing_analyses(analysed, staged_root):
         assert todo.action == "analyze" and todo.analyses == (PAIR,)
     finally:
         (runs / "moved.csv").rename(runs / glow.name / "analysis" / "second_order_fashionmnist_vs_mnist.csv")
+
+
+def test_the_sweep_reads_no_curve_of_a_seed_that_records_none(analysed, staged_root):
+    """A (model, dataset)'s later seeds train without the curve: their analyses must not ask for it."""
+    runs, _ = analysed
+    profile = Profile(name="t", models={"glow": {}}, eval=EvalConfig(scores=("likelihood",)), pairs=(PAIR,),
+                      analysis=AnalysisConfig(what=("decomposition", "curve"), n_images=32, probes=8))
+    glow = next(c for c in cells(profile) if c.model == "glow")
+    later_seed = dataclasses.replace(glow, curve_ood=())  # what `cells` gives a seed after the first
+    curve = runs / glow.name / "logs" / "ood_curve.csv"
+    curve.rename(runs / "curve.csv")
+    messages = []
+    try:
+        plan = CellPlan(cell=later_seed, action="analyze", analyses=(PAIR,))
+        run_cell(plan, SweepSettings(profile=profile, runs_dir=runs, data_root=str(staged_root), quiet=True),
+                 messages.append)
+    finally:
+        (runs / "curve.csv").rename(curve)
+    assert messages == []
+    assert (runs / glow.name / "analysis" / "decomposition_fashionmnist_vs_mnist.csv").is_file()
