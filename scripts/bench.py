@@ -16,13 +16,15 @@ Add a family by registering a `BenchSpec` (a builder and an input maker) in `BEN
 is measured by the same `measure` function.
 
     python scripts/bench.py --out bench.json [--device cuda] [--steps 10] [--families glow,cv-glow]
+                            [--precision bf16-mixed]
 
 A roofline in the same run: the machine's fp32 and bf16 throughput on a matrix product (2048^3) and on
 a 3x3 convolution of Glow's hidden shape (batch 64, 128 -> 128 channels, 16x16), measured before and
 after the families (`roofline`: GFLOP/s of each, FLOPs counted by FlopCounterMode like the families');
-each family's `achieved_gflops` is also given as a fraction of the fp32 peaks (`fraction_of_peak`).
-The families run in fp32, so the fp32 peaks are their ceiling; bf16 shows what mixed precision could
-reach. Peaks that moved between before and after (`roofline.drift`, after / before) mark a noisy run.
+each family's `achieved_gflops` is also given as a fraction of the peaks of the dtype it ran in
+(`fraction_of_peak`): fp32, or for training with `--precision bf16-mixed` (bf16 autocast, as
+`oodbench train --precision bf16-mixed` runs it) the bf16 peaks. Evaluation always runs in fp32.
+Peaks that moved between before and after (`roofline.drift`, after / before) mark a noisy run.
 
 The machine is shared: other processes on the CPU inflate every number here. The JSON records the
 load average before and after, so a noisy run can be recognised (and repeated).
@@ -46,13 +48,15 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
+from oodbench.models.module import make_optimizer
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
-from oodbench.runner.lightning import tune_glibc_malloc
+from oodbench.runner.lightning import native_bf16, tune_glibc_malloc
 from oodbench.units import bits_per_dim
 
 THREADS = 2  # the target machine: 2 CPU cores
@@ -127,6 +131,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _native_bf16(device: torch.device) -> bool:
+    """The same test as `oodbench train --precision bf16-mixed` (runner/lightning.native_bf16)."""
+    accelerator = CUDAAccelerator() if device.type == "cuda" else CPUAccelerator()
+    return native_bf16(accelerator)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -176,6 +186,7 @@ def _gflop_per_image(model: LikelihoodModel, x: torch.Tensor, *, train: bool) ->
 MATMUL_N = 2048
 CONV_SHAPE = (64, 128, 16, 16)  # Glow L=3, K=8, h=128 on 3x32x32: the first level's coupling networks
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("32-true", "bf16-mixed")  # the training precisions measured (Lightning's names)
 
 
 def _kernels(device: torch.device, dtype: torch.dtype, generator: torch.Generator, *, matmul_n: int,
@@ -202,14 +213,16 @@ def roofline(device: torch.device, *, steps: int, warmup: int, matmul_n: int = M
     return peaks
 
 
-def fraction_of_peak(achieved_gflops: float, peaks: dict) -> dict:
-    """A family's achieved GFLOP/s over each fp32 peak (its ceiling: the families run in fp32)."""
-    return {name: achieved_gflops / peak["gflops"] for name, peak in peaks.items() if name.startswith("fp32_")}
+def fraction_of_peak(achieved_gflops: float, peaks: dict, *, dtype: str = "fp32") -> dict:
+    """A family's achieved GFLOP/s over each peak of the dtype its matrix work ran in (its ceiling)."""
+    return {name: achieved_gflops / peak["gflops"] for name, peak in peaks.items() if name.startswith(f"{dtype}_")}
 
 
 def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
-            eval_batches: list[int], seed: int = 0) -> dict:
-    """Training and evaluation throughput and peak memory of one family."""
+            eval_batches: list[int], seed: int = 0, precision: str = "32-true") -> dict:
+    """Training and evaluation throughput and peak memory of one family. `precision` is the training
+    step's (Lightning's names: "32-true", or "bf16-mixed" = bf16 autocast, as `oodbench train` runs it);
+    evaluation always runs in float32 with autocast off, as every reported likelihood is computed."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = spec.build().to(device)
@@ -221,11 +234,12 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
 
     # Training: forward of the training objective (the ELBO for a VAE), mean bits/dim, backward, Adam step.
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = make_optimizer(model.parameters(), "adam", lr=LR, precision=precision)  # as `oodbench train` steps
     losses = []
 
     def train_step() -> None:
-        loss = bits_per_dim(model.training_log_prob(x_train), n_dims).mean()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = bits_per_dim(model.training_log_prob(x_train), n_dims).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -234,6 +248,7 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train = _rate(train_batch, _timed(train_step, device, steps=steps, warmup=warmup))
+    train["precision"] = precision
     train["final_loss_bpd"] = float(losses[-1])
     train["gflop_per_image"] = _gflop_per_image(model, x_train[:2], train=True)
     train["achieved_gflops"] = train["gflop_per_image"] * train["images_per_s"]
@@ -285,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--eval-batches", default="64,128,256", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32-true",
+                        help="the training step's precision (evaluation is always float32)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc settings alone (see tune_glibc_malloc)")
     args = parser.parse_args(argv)
@@ -296,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     device = torch.device(args.device)
+    if args.precision == "bf16-mixed" and not _native_bf16(device):
+        parser.error("--precision bf16-mixed: this device has no native bf16 (it would be emulated, slower than fp32)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
 
@@ -309,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in families:
         print(f"benchmarking {name} on {device} ...", file=sys.stderr, flush=True)
         results[name] = measure(BENCHES[name], device=device, steps=args.steps, warmup=args.warmup,
-                                train_batch=args.train_batch, eval_batches=eval_batches)
+                                train_batch=args.train_batch, eval_batches=eval_batches, precision=args.precision)
         train, evaluation = results[name]["train"], results[name]["eval"]["inference_mode"]
         print(f"  train {train['images_per_s']:.1f} img/s at batch {train['batch_size']}; eval best "
               f"{evaluation['best']['images_per_s']:.1f} img/s at batch {evaluation['best']['batch_size']}",
@@ -317,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     peaks_after = roofline(device, steps=args.steps, warmup=args.warmup)
     peaks = {name: {"gflops": max(peaks_before[name]["gflops"], peaks_after[name]["gflops"]),
                     "before": peaks_before[name], "after": peaks_after[name]} for name in peaks_before}
+    train_dtype = "bf16" if args.precision == "bf16-mixed" else "fp32"
     for result in results.values():
-        result["train"]["fraction_of_peak"] = fraction_of_peak(result["train"]["achieved_gflops"], peaks)
+        result["train"]["fraction_of_peak"] = fraction_of_peak(result["train"]["achieved_gflops"], peaks,
+                                                               dtype=train_dtype)
         for mode in ("no_grad", "inference_mode"):
             for rate in result["eval"][mode]["by_batch_size"]:
                 rate["fraction_of_peak"] = fraction_of_peak(rate["achieved_gflops"], peaks)
@@ -331,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "malloc": "glibc tuned (mmap threshold 32 MiB, no trim)" if malloc_tuned else "default",
+        "train_precision": args.precision,
         "steps": args.steps,
         "warmup": args.warmup,
-        "optimizer": f"torch.optim.Adam(lr={LR}) defaults",
+        "optimizer": f"oodbench's make_optimizer('adam', lr={LR}) (fused Adam in fp32 where torch has the kernel)",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "roofline": {"peaks": peaks, "drift": {name: peaks_after[name]["gflops"] / peaks_before[name]["gflops"]
