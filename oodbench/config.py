@@ -85,6 +85,8 @@ def check_fields(config: Any) -> None:
 # Lightning's precisions under which the weights stay float32, so that validation and scoring can run
 # with autocast off and every likelihood is computed in float32 (module.py).
 TRAIN_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
+# Those of them without autocast (Lightning's aliases included: "bf16" and "16" are mixed precisions).
+FLOAT32_PRECISIONS = ("32-true", "32")
 
 
 @dataclass(frozen=True)

@@ -51,12 +51,13 @@ import torch.nn.functional as F
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.flop_counter import FlopCounterMode
 
+from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.module import make_optimizer
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
-from oodbench.runner.lightning import native_bf16, tune_glibc_malloc
+from oodbench.runner.lightning import check_precision, tune_glibc_malloc
 from oodbench.units import bits_per_dim
 
 THREADS = 2  # the target machine: 2 CPU cores
@@ -131,12 +132,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _native_bf16(device: torch.device) -> bool:
-    """The same test as `oodbench train --precision bf16-mixed` (runner/lightning.native_bf16)."""
-    accelerator = CUDAAccelerator() if device.type == "cuda" else CPUAccelerator()
-    return native_bf16(accelerator)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -186,7 +181,8 @@ def _gflop_per_image(model: LikelihoodModel, x: torch.Tensor, *, train: bool) ->
 MATMUL_N = 2048
 CONV_SHAPE = (64, 128, 16, 16)  # Glow L=3, K=8, h=128 on 3x32x32: the first level's coupling networks
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PRECISIONS = ("32-true", "bf16-mixed")  # the training precisions measured (Lightning's names)
+# The training precisions measured (Lightning's names) -> the dtype whose peaks are their ceiling.
+PRECISIONS = {"32-true": "fp32", "bf16-mixed": "bf16"}
 
 
 def _kernels(device: torch.device, dtype: torch.dtype, generator: torch.Generator, *, matmul_n: int,
@@ -300,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--eval-batches", default="64,128,256", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
-    parser.add_argument("--precision", choices=PRECISIONS, default="32-true",
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="32-true",
                         help="the training step's precision (evaluation is always float32)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc settings alone (see tune_glibc_malloc)")
@@ -313,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    if args.precision == "bf16-mixed" and not _native_bf16(device):
-        parser.error("--precision bf16-mixed: this device has no native bf16 (it would be emulated, slower than fp32)")
+    try:  # the test `oodbench train` makes: no emulated bf16
+        check_precision(CUDAAccelerator() if device.type == "cuda" else CPUAccelerator(), args.precision)
+    except OodbenchError as exc:
+        parser.error(str(exc))
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
 
@@ -336,10 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     peaks_after = roofline(device, steps=args.steps, warmup=args.warmup)
     peaks = {name: {"gflops": max(peaks_before[name]["gflops"], peaks_after[name]["gflops"]),
                     "before": peaks_before[name], "after": peaks_after[name]} for name in peaks_before}
-    train_dtype = "bf16" if args.precision == "bf16-mixed" else "fp32"
     for result in results.values():
         result["train"]["fraction_of_peak"] = fraction_of_peak(result["train"]["achieved_gflops"], peaks,
-                                                               dtype=train_dtype)
+                                                               dtype=PRECISIONS[args.precision])
         for mode in ("no_grad", "inference_mode"):
             for rate in result["eval"][mode]["by_batch_size"]:
                 rate["fraction_of_peak"] = fraction_of_peak(rate["achieved_gflops"], peaks)

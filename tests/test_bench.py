@@ -66,3 +66,13 @@ def test_bf16_mixed_trains_under_autocast_and_scores_in_float32(bench):
     assert [on for kind, on in seen if kind == "eval"] and not any(on for kind, on in seen if kind == "eval")
     assert set(bench.fraction_of_peak(1.0, {"bf16_matmul": {"gflops": 4.0}, "fp32_matmul": {"gflops": 2.0}},
                                       dtype="bf16")) == {"bf16_matmul"}
+
+
+def test_bf16_mixed_is_refused_where_it_would_be_emulated(bench, monkeypatch, capsys, tmp_path):
+    """The same test and message as `oodbench train` (runner/lightning.check_precision), before any timing."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--precision", "bf16-mixed", "--families", "glow", "--out", str(tmp_path / "b.json")])
+    assert stop.value.code == 2 and "no native bf16" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 import pytorch_lightning as pl
 import torch
 
-from oodbench.config import TrainConfig, from_mapping
+from oodbench.config import FLOAT32_PRECISIONS, TrainConfig, from_mapping
 from oodbench.data.perturb import perturb
 from oodbench.errors import OodbenchError
 from oodbench.models.families import FAMILIES, build_model, model_config
@@ -48,13 +48,14 @@ def make_optimizer(parameters: Iterable[torch.nn.Parameter], name: str, *, lr: f
     """The training optimizer (also what `make bench` times). Adam runs its fused kernel: one pass over all
     parameters instead of a handful of small ops per parameter tensor, whose dispatch dominated Adam's
     share of a CPU Glow step (torch.profiler); the update is the same to float rounding. The default
-    implementation where the parameters' device has no fused kernel, and under a mixed `precision`:
+    implementation where the parameters' device has no fused kernel, and under a mixed `precision` (any
+    not in FLOAT32_PRECISIONS):
     Lightning's mixed-precision plugin clips gradients itself and refuses an optimizer that may unscale
     them internally, as fused ones do."""
     if name not in OPTIMIZERS:
         raise OodbenchError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     parameters = list(parameters)
-    if name == "adam" and "mixed" not in precision and all(p.device.type in FUSED_ADAM_DEVICES for p in parameters):
+    if name == "adam" and precision in FLOAT32_PRECISIONS and all(p.device.type in FUSED_ADAM_DEVICES for p in parameters):
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
     return OPTIMIZERS[name](parameters, lr=lr, weight_decay=weight_decay)
 

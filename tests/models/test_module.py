@@ -152,7 +152,7 @@ def test_the_training_optimizer_is_fused_adam_with_the_reference_update():
         make_optimizer(fused.parameters(), "sgd", lr=1e-2)
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16"])  # "bf16": Lightning's alias of bf16-mixed
 def test_training_steps_with_gradient_clipping_in_each_precision(precision, tmp_path, monkeypatch):
     """`oodbench train` clips gradients; Lightning's mixed-precision plugin refuses to clip for a fused
     optimizer, so the fused Adam is for 32-true only (bf16 is faked native here: emulated is fine for a test)."""
