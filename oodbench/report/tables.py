@@ -21,6 +21,7 @@ import pandas as pd
 
 from oodbench.atomic import check_writable, write_json, write_text, write_with
 from oodbench.errors import OodbenchError
+from oodbench.locks import hold
 from oodbench.ticker import track
 from oodbench.report.analyses import gather_analyses
 from oodbench.report.figures import bpd_histogram, roc_curves
@@ -256,6 +257,12 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     bits/dim histogram per evaluation; return the per-run table (with the `_folder` it came from)."""
     frame = collect_results(runs_dirs)
     out_dir = check_writable(out_dir, "--out")
+    # One writer at a time (two sweeps of one matrix end together); the other waits: writing takes seconds.
+    with hold(out_dir, label=f"report folder {out_dir}", wait=True):
+        return _write_report(frame, runs_dirs, out_dir)
+
+
+def _write_report(frame: pd.DataFrame, runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     figures, rocs = {}, {}
     rows = likelihood_rows(frame)
     for i, row in track(rows.iterrows(), total=len(rows), what="drawing the report's figures"):  # 2 per evaluation

@@ -36,6 +36,7 @@ from oodbench.data.quantize import dequantize
 from oodbench.errors import OodbenchError
 from oodbench.runner.evaluate import RunImages, images_among, load_module
 from oodbench.runner.layout import RunPaths
+from oodbench.runner.locking import hold_analyses, hold_run
 from oodbench.schema import RunRecord, read_splits
 
 GLOW_FAMILIES = ("glow", "cv-glow")  # the analysis needs a flow's continuous density log p(y)
@@ -194,9 +195,15 @@ def analyze(request: AnalyzeRequest) -> AnalyzeResult:
     """The tables of every analysis of `request.analysis.what` that applies to the run, written atomically
     into `analysis/` (the curve's table is the training's logs/ood_curve.csv; the figures are the report's,
     report/analysis_figures.py); one that does not apply is an error when `strict`, else skipped."""
+    pairs = [parse_pair(text) for text in request.pairs]
+    # The run shared (no `train` may change it meanwhile), its analyses exclusively (runner/locking.py).
+    with hold_run(request.run, shared=True), hold_analyses(request.run):
+        return _analyze(request, pairs)
+
+
+def _analyze(request: AnalyzeRequest, pairs: list[Pair]) -> AnalyzeResult:
     paths = request.run
     record = RunRecord.read(paths.config)
-    pairs = [parse_pair(text) for text in request.pairs]
     wanted = request.analysis.what
     if {"decomposition", "second-order"} & set(wanted) and not pairs and request.strict:
         raise OodbenchError("the decomposition and the second-order analysis need --pair IN:OUT; pass one, or "

@@ -21,6 +21,7 @@ Writes, atomically, into the run's `eval/<in>_vs_<out>/` folder:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import checkpoint_progress
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.lightning import read_checkpoint
+from oodbench.runner.locking import hold_evaluation, hold_run
 from oodbench.runner.statistics import set_statistics
 from oodbench.schema import (
     FIT_SET,
@@ -391,6 +393,15 @@ def set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
 
 def evaluate(request: EvalRequest) -> EvalResult:
     pair = parse_pair(request.pair)
+    folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))
+    with contextlib.ExitStack() as held:  # runner/locking.py
+        for paths in (request.run, *filter(None, [request.background]), *request.members):
+            held.enter_context(hold_run(paths, shared=True))  # no `train` may change them while they are read
+        held.enter_context(hold_evaluation(request.run, folder))
+        return _evaluate(request, pair, folder)
+
+
+def _evaluate(request: EvalRequest, pair: Pair, folder: Path) -> EvalResult:
     cfg = request.eval
     record = RunRecord.read(request.run.config)
     checkpoint_path = request.run.checkpoint(request.checkpoint)
@@ -400,7 +411,6 @@ def evaluate(request: EvalRequest) -> EvalResult:
         set_iw_samples(module, cfg.iw_samples, record)
     sets = _load_sets(pair, record, request)
     check_writable(request.run.root, "--run")
-    folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))
     names = _score_names(cfg, folder, setup_hash(record, request, module, checkpoint_path))
     variants = score_variants(tuple(names))
     extras = tuple(dict.fromkeys(statistic for variant in variants for statistic in variant.extra_statistics

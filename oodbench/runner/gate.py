@@ -26,6 +26,7 @@ from oodbench.errors import OodbenchError
 from oodbench.metrics import acceptance_threshold
 from oodbench.runner.evaluate import RunImages, load_module, set_iw_samples
 from oodbench.runner.layout import RunPaths
+from oodbench.runner.locking import hold_run
 from oodbench.runner.statistics import set_statistics
 from oodbench.schema import FIT_SET, RunRecord
 from oodbench.scores import score_variants
@@ -95,6 +96,11 @@ def gate(request: GateRequest, images: ImageSet) -> GateResult:
     """Score `images` with the run and give each a verdict (`request.images` is only their name here)."""
     if not 0.0 < request.accept <= 1.0:
         raise OodbenchError(f"--accept {request.accept}: the acceptance rate must be in (0, 1], e.g. 0.95")
+    with hold_run(request.run, shared=True):  # no `train` may change the run while it scores (runner/locking.py)
+        return _gate(request, images)
+
+
+def _gate(request: GateRequest, images: ImageSet) -> GateResult:
     record = RunRecord.read(request.run.config)
     checkpoint = request.run.checkpoint(request.checkpoint)
     module, _ = load_module(checkpoint)

@@ -28,10 +28,13 @@ from typing import Any, Callable
 
 from oodbench.config import AnalysisConfig, EvalConfig, Profile, TrainConfig, resolve
 from oodbench.data import Pair, dataset_availability, parse_dataset_ref, parse_pair
+from oodbench import locks
 from oodbench.errors import Interrupted, OodbenchError
+from oodbench.locks import FolderBusy
 from oodbench.runner.analyze import GLOW_FAMILIES, AnalyzeRequest, analyze
 from oodbench.runner.evaluate import EvalRequest, evaluate
 from oodbench.runner.layout import RunPaths, run_name
+from oodbench.runner.locking import SWEEP_CLAIM, claim_cell
 from oodbench.runner.train import TrainRequest, train
 from oodbench.scores import SCORES
 
@@ -261,27 +264,75 @@ class SweepOutcome:
     failed: tuple[tuple[str, str], ...] = ()  # (cell, why): the sweep went on with the other cells
 
 
+def replan(cell: Cell, settings: SweepSettings) -> CellPlan:
+    """What is left of `cell` now (another process may have done some of it since the sweep planned)."""
+    return plan_cell(cell, settings.runs_dir, settings.data_root, settings.download, settings.eval_for(cell).scores,
+                     settings.profile.analysis)
+
+
+def _needs_held_run(cell: Cell, settings: SweepSettings) -> FolderBusy | None:
+    """Why `cell` must wait: a run its evaluations read (its background model, the other ensemble members)
+    is not trained yet and another process works on it; None when nothing it needs is held elsewhere. A
+    needed run that is neither trained nor held (it failed, or its data is missing) is left out of the
+    cell's scores with the reason, as one sweep alone would."""
+    needed = [cell.background_run] if cell.background_run is not None else []
+    needed += [run_name(cell.model, cell.dataset, seed) for seed in cell.members if seed != cell.seed]
+    for name in needed:
+        paths = RunPaths(settings.runs_dir / name)
+        if paths.trained.is_file():
+            continue
+        held = locks.busy(paths.root, name=SWEEP_CLAIM, label=f"sweep cell {paths.root}") or \
+            locks.busy(paths.root, label=f"run folder {paths.root}", shared=True)
+        if held is not None:
+            return held
+    return None
+
+
 def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[CellPlan], None],
           notify: Callable[[str], None] = lambda message: None) -> SweepOutcome:
     """Run every plan that has work. A cell that fails with an expected error (a model that gives
     non-finite likelihoods, say) is reported through `notify` and skipped, so one bad cell does not
-    cost the rest of the matrix; an unexpected error or an interruption stops the sweep."""
+    cost the rest of the matrix; an unexpected error or an interruption stops the sweep.
+
+    Several sweeps on one runs folder share its cells (runner/locking.py): each claims a cell while it
+    works on it, and a cell another process holds (or whose background model or ensemble members it is
+    still training) is put off. When only such cells are left, the sweep waits for the first of them to
+    be free, then tries them again from what is left to do: no cell is worked on by two processes at
+    once, and every cell ends as one sweep alone would leave it."""
     completed, failed = 0, []
-    for plan in plans:
-        announce(plan)
-        if plan.action == "skip":
-            continue
-        try:
-            run_cell(plan, settings, notify)
-        except Interrupted as stop:
-            stop.detail = f"in cell {plan.cell.name}: {stop.detail}" if stop.detail else f"in cell {plan.cell.name}"
-            stop.detail += "; finished cells are kept" if completed else ""
-            raise
-        except OodbenchError as exc:
-            failed.append((plan.cell.name, str(exc)))
-            notify(f"cell {plan.cell.name} failed: {exc}")
-            continue
-        completed += 1
+    pending = list(plans)
+    while pending:
+        put_off: list[tuple[CellPlan, FolderBusy]] = []
+        for plan in pending:
+            if plan.action == "skip":
+                announce(plan)
+                continue
+            try:
+                with claim_cell(RunPaths(settings.runs_dir / plan.cell.name)):
+                    held = _needs_held_run(plan.cell, settings)
+                    if held is not None:
+                        raise held
+                    plan = replan(plan.cell, settings)
+                    announce(plan)
+                    run_cell(plan, settings, notify)
+            except FolderBusy as held:  # another process works on it or on a run it needs
+                notify(f"putting off {plan.cell.name}: {held.in_use}; going on with the other cells, then back to it")
+                put_off.append((plan, held))
+                continue
+            except Interrupted as stop:
+                stop.detail = f"in cell {plan.cell.name}: {stop.detail}" if stop.detail else f"in cell {plan.cell.name}"
+                stop.detail += "; finished cells are kept" if completed else ""
+                raise
+            except OodbenchError as exc:
+                failed.append((plan.cell.name, str(exc)))
+                notify(f"cell {plan.cell.name} failed: {exc}")
+                continue
+            completed += 1
+        if put_off:
+            first, held = put_off[0]
+            waiting = f"waiting for {first.cell.name} ({len(put_off)} cell(s) held elsewhere): "
+            locks.wait_until_free(held, on_wait=lambda still: notify(waiting + still.in_use))  # noqa: B023 - called now
+        pending = [plan for plan, _ in put_off]
     return SweepOutcome(completed, tuple(failed))
 
 

@@ -41,13 +41,14 @@ import oodbench
 from oodbench import failpoints
 from oodbench.atomic import check_writable, write_json
 from oodbench.config import TrainConfig, to_plain
-from oodbench.data import get_dataset, load_images, parse_dataset_ref
+from oodbench.data import DatasetRef, get_dataset, load_images, parse_dataset_ref
 from oodbench.data.perturb import perturb
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.models.families import model_config
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import EpochLog, Failpoints, checkpoint_progress
 from oodbench.runner.layout import RunPaths
+from oodbench.runner.locking import hold_run
 from oodbench.runner.ood_curve import CURVE_IMAGES, OodCurve, curve_on, curve_sets
 from oodbench.runner.lightning import make_trainer
 from oodbench.schema import BUDGET_KEYS, RunRecord, write_splits
@@ -226,6 +227,13 @@ def train(request: TrainRequest) -> TrainResult:
     paths = RunPaths(Path(request.run_dir))
     check_writable(paths.root, "--run-dir")
     logger = _loggers(paths, cfg.logger)  # a missing package fails before any data loads
+    with hold_run(paths, shared=False):  # a second process on this run is refused now, before any data loads
+        return _train(request, paths, ref, ood_refs, logger, limits)
+
+
+def _train(request: TrainRequest, paths: RunPaths, ref: DatasetRef, ood_refs: list[DatasetRef], logger: list,
+           limits: dict[str, Any]) -> TrainResult:
+    cfg = request.train
     # Under DDP every process runs this function; only the first decides, prepares the folder and writes
     # (Lightning re-launches the command for the other ranks, which then find the folder already made).
     first_process = rank_zero_only.rank == 0
