@@ -2,7 +2,7 @@
 
 - train: its run folder, exclusively (`<run>/.lock`): nothing else may read or write a run while it is
   (re)trained;
-- evaluate: the run shared, the evaluation exclusively (`<run>/eval/.<in>_vs_<out>.lock`), and each
+- evaluate: the run shared, the evaluation exclusively (`<run>/.eval-<in>_vs_<out>.lock`), and each
   companion run (a background model, an ensemble member) shared;
 - analyze: the run shared, its analyses exclusively (`<run>/.analysis.lock`);
 - score: the run shared;
@@ -43,8 +43,9 @@ def hold_run(paths: RunPaths, *, shared: bool) -> contextlib.AbstractContextMana
 
 
 def hold_evaluation(paths: RunPaths, folder: Path) -> contextlib.AbstractContextManager[None]:
-    """One evaluation's folder (`paths.eval_dir(...)`), exclusively."""
-    return hold(folder.parent, name=f"{folder.name}.lock", label=f"evaluation {folder}", enabled=_first_process())
+    """One evaluation's folder (`paths.eval_dir(...)`), exclusively; its lock lives in the run folder, so a
+    refused or failed evaluation makes no folder."""
+    return hold(paths.root, name=f"eval-{folder.name}.lock", label=f"evaluation {folder}", enabled=_first_process())
 
 
 def hold_analyses(paths: RunPaths) -> contextlib.AbstractContextManager[None]:

@@ -309,11 +309,13 @@ def sweep(plans: list[CellPlan], settings: SweepSettings, announce: Callable[[Ce
                 continue
             try:
                 with claim_cell(RunPaths(settings.runs_dir / plan.cell.name)):
-                    held = _needs_held_run(plan.cell, settings)
+                    plan = replan(plan.cell, settings)
+                    held = _needs_held_run(plan.cell, settings) if plan.pairs else None
                     if held is not None:
                         raise held
-                    plan = replan(plan.cell, settings)
                     announce(plan)
+                    if plan.action == "skip":
+                        continue
                     run_cell(plan, settings, notify)
             except FolderBusy as held:  # another process works on it or on a run it needs
                 notify(f"putting off {plan.cell.name}: {held.in_use}; going on with the other cells, then back to it")
