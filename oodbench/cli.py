@@ -6,6 +6,10 @@ Exit codes: 0 success; 2 bad input (unknown name, malformed pair, missing data, 
 unsafe checkpoint, bad option value, unwritable folder), printed as one line without a traceback; 1 an
 unexpected failure; 130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM, with one line saying what was
 kept and how to resume (rerun the same command).
+
+Names (models, datasets, pairs, scores, profiles) and option values are checked before torch, Lightning
+and pandas are imported (the names' light list is `names.py`), so a typo is answered in a fraction of a
+second instead of after the 5 s those imports take; each command imports its runner only then.
 """
 
 from __future__ import annotations
@@ -24,8 +28,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from oodbench.config import ANALYSES as ANALYSES_DEFAULT, DEFAULT_BENCHMARKS, Profile, load_profile, resolve
+from oodbench.config import (
+    ACCELERATORS,
+    ANALYSES as ANALYSES_DEFAULT,
+    DEFAULT_BENCHMARKS,
+    Profile,
+    TrainConfig,
+    load_profile,
+    resolve,
+)
+from oodbench.data.refs import parse_dataset_ref, parse_pair
 from oodbench.errors import Interrupted, OodbenchError
+from oodbench.names import MODELS, SCORES, check_model, parse_scores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Do deep generative models know what they don't know? Likelihood-based OOD benchmark.")
@@ -46,7 +60,8 @@ DataRootOpt = Annotated[Optional[str], typer.Option(
 DownloadOpt = Annotated[bool, typer.Option("--download/--no-download", help="Let torchvision download missing data.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Training seed.")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.")]
-AcceleratorOpt = Annotated[Optional[str], typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu...")]
+AcceleratorOpt = Annotated[Optional[str], typer.Option(
+    "--accelerator", help=f"Lightning accelerator: {', '.join(ACCELERATORS)}.")]
 DevicesOpt = Annotated[Optional[str], typer.Option("--devices", help="Lightning devices: auto, 1, 2, '0,1'...")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="Training precision: 32-true, bf16-mixed, 16-mixed. Likelihoods that are reported or pick "
@@ -160,7 +175,7 @@ def _print_findings(rows: list[dict[str, Any]]) -> None:
 @app.command()
 @user_errors
 def train(
-    model: Annotated[str, typer.Option("--model", help="Model family: glow, cv-glow, pixelcnn, vae.")],
+    model: Annotated[str, typer.Option("--model", help=f"Model family: {', '.join(MODELS)}.")],
     dataset: Annotated[str, typer.Option(
         "--dataset", help="Training dataset, e.g. fashionmnist, cifar10, or your images: folder:PATH, npz:PATH.")],
     profile: ProfileOpt = None,
@@ -209,10 +224,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a likelihood model on one dataset."""
-    from oodbench.data import parse_dataset_ref
-    from oodbench.runner import TrainRequest, train as run_training
-    from oodbench.runner.layout import run_name
-
+    check_model(model)
     dataset = str(parse_dataset_ref(dataset))  # canonical: "CIFAR10" -> "cifar10", "folder:~/x" -> "folder:/home/me/x"
     chosen = _profile(profile, config)
     train_cfg = resolve(chosen.train_for(model), dict(
@@ -222,14 +234,17 @@ def train(
     if max_minutes is not None and epochs is None:
         # A time budget alone replaces the profile's epoch count rather than racing it.
         train_cfg = dataclasses.replace(train_cfg, epochs=None)
+    model_settings = _model_settings(chosen, model, model_set)
+    ood_sets = tuple(str(parse_dataset_ref(name)) for name in (curve_ood or "").split(",") if name.strip())
+    from oodbench.runner import TrainRequest, train as run_training  # every name and value above is checked
+    from oodbench.runner.layout import run_name
+
     request = TrainRequest(
-        model=model, dataset=dataset, train=train_cfg,
-        model_settings=_model_settings(chosen, model, model_set),
+        model=model, dataset=dataset, train=train_cfg, model_settings=model_settings,
         run_dir=run_dir or runs_dir / run_name(model, dataset, train_cfg.seed, train_cfg.background),
         data_root=data_root if data_root is not None else chosen.data_root,
         download=download, resume=resume, overwrite=overwrite, quiet=quiet, notify=console.print,
-        image_size=image_size, skip_unreadable=skip_unreadable,
-        ood_sets=tuple(name.strip() for name in (curve_ood or "").split(",") if name.strip()),
+        image_size=image_size, skip_unreadable=skip_unreadable, ood_sets=ood_sets,
     )
     result = run_training(request)
     if not result.first_process:  # under DDP, one summary line, not one per process
@@ -272,9 +287,8 @@ def evaluate(
     iw_samples: Annotated[Optional[int], typer.Option(
         "--iw-samples", help="VAE only: importance samples k of the IWAE bound (1 = ELBO); default: the model's.")] = None,
     scores: Annotated[Optional[str], typer.Option(
-        "--scores", help="OOD scores to compute, e.g. likelihood,typicality (default: every one; valid: likelihood, "
-        "input_complexity, typicality, dose, likelihood_ratio, ensemble_likelihood, waic, likelihood_regret). Scores "
-        "the evaluation already had are kept.")] = None,
+        "--scores", help=f"OOD scores to compute, e.g. likelihood,typicality (default: every one; valid: "
+        f"{', '.join(SCORES)}). Scores the evaluation already had are kept.")] = None,
     background_run: Annotated[Optional[Path], typer.Option(
         "--background-run", help="A background model of the same family and data (`train --background 0.2`), for "
         "the likelihood ratio.")] = None,
@@ -293,23 +307,23 @@ def evaluate(
 ) -> None:
     """Score a trained model on IN train/validation/test and OUT test (in float32), then every OOD score;
     write per-sample statistics and scores, and one metrics row per score."""
-    from oodbench.data import parse_pair
-    from oodbench.runner import EvalRequest, RunPaths, evaluate as run_evaluation, find_run
-    from oodbench.schema import RunRecord
-    from oodbench.scores import parse_scores
-
     parsed = parse_pair(pair)
     score_names = parse_scores(scores)
     if (run is None) == (model is None):
         raise OodbenchError("pass exactly one of --run DIR or --model NAME")
-    paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
+    if model is not None:
+        check_model(model)
     chosen = _profile(profile, config)
+    flags = dict(batch_size=batch_size, train_sample=train_sample, limit=limit, match_channels=match_channels,
+                 iw_samples=iw_samples, scores=score_names, accelerator=accelerator, devices=devices,
+                 num_nodes=num_nodes, strategy=strategy)
+    resolve(chosen.eval, flags)  # each value checked now; the run's family's own settings are the base below
+    from oodbench.runner import EvalRequest, RunPaths, evaluate as run_evaluation, find_run
+    from oodbench.schema import RunRecord
+
+    paths = RunPaths(run) if run is not None else find_run(runs_dir, model, str(parsed.in_ref), seed)
     family = model or RunRecord.read(paths.config).model  # a family's own evaluation settings apply to --run too
-    eval_cfg = resolve(chosen.eval_for(family), dict(batch_size=batch_size, train_sample=train_sample, limit=limit,
-                                         match_channels=match_channels, iw_samples=iw_samples,
-                                         scores=score_names,
-                                         accelerator=accelerator, devices=devices,
-                                         num_nodes=num_nodes, strategy=strategy))
+    eval_cfg = resolve(chosen.eval_for(family), flags)
     result = run_evaluation(EvalRequest(
         run=paths, pair=pair, eval=eval_cfg, data_root=data_root, download=download, checkpoint=checkpoint, quiet=quiet,
         recompute=recompute, background=RunPaths(background_run) if background_run is not None else None,
@@ -352,18 +366,18 @@ def score(
     """The density gate: score new images with a trained run (bits/dim and each OOD score, in float32) and
     give each a verdict at the threshold that accepts --accept of the run's in-distribution test images.
     Exits 0 whatever the verdicts."""
+    asked = parse_scores(scores)
     from oodbench.atomic import check_writable, write_with
     from oodbench.runner import RunPaths
     from oodbench.runner.gate import VERDICT_OOD, GateRequest, score_images
     from oodbench.schema import RunRecord
-    from oodbench.scores import parse_scores
 
     check_writable(out.parent if str(out.parent) else Path("."), "--out")
     family = RunRecord.read(RunPaths(run).config).model  # the built-in (CPU) evaluation settings of its family
     eval_cfg = resolve(load_profile(None).eval_for(family), dict(batch_size=batch_size, iw_samples=iw_samples,
                                                                  match_channels=match_channels))
     result = score_images(GateRequest(
-        run=RunPaths(run), images=images, scores=parse_scores(scores), by=by, accept=accept, eval=eval_cfg,
+        run=RunPaths(run), images=images, scores=asked, by=by, accept=accept, eval=eval_cfg,
         checkpoint=checkpoint, data_root=data_root, skip_unreadable=skip_unreadable, quiet=quiet))
     table = result.table
     write_with(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
@@ -382,9 +396,8 @@ def score(
         for row in frame[list(columns)].itertuples(index=False):
             shown.add_row(*(f"{value:.3f}" if isinstance(value, float) else escape(str(value)) for value in row))
     console.print(shown)
-    asked = set(parse_scores(scores) or ())
     for label, why in result.skipped.items():
-        if label.partition("(")[0] in asked:  # the defaults' inapplicable scores are only counted
+        if label.partition("(")[0] in (asked or ()):  # the defaults' inapplicable scores are only counted
             console.print(f"[yellow]no per-image {escape(label)}: {escape(why)}[/]")
     if result.skipped and not asked:
         console.print(f"{len(result.skipped)} score variant(s) give no per-image value for this run (batch scores, "
@@ -418,10 +431,6 @@ def analyze(
 ) -> None:
     """The paper's analyses of a trained flow: tables and figures into the run's analysis/ folder
     (`oodbench report` gathers them)."""
-    from oodbench.report.analyses import run_figures
-    from oodbench.runner import RunPaths
-    from oodbench.runner.analyze import AnalyzeRequest, analyze as run_analysis
-
     base = _profile(profile, config).analysis
     try:
         names = tuple(w.strip() for w in (what or ",".join(ANALYSES_DEFAULT)).split(",") if w.strip())
@@ -429,6 +438,10 @@ def analyze(
                                        **{k: v for k, v in dict(n_images=n_images, probes=probes).items() if v is not None})
     except OodbenchError as exc:
         raise OodbenchError(f"bad --what/--n-images/--probes: {exc}") from None
+    from oodbench.report.analyses import run_figures
+    from oodbench.runner import RunPaths
+    from oodbench.runner.analyze import AnalyzeRequest, analyze as run_analysis
+
     paths = RunPaths(run)
     result = run_analysis(AnalyzeRequest(run=paths, pairs=tuple(pair), analysis=settings, data_root=data_root,
                                          checkpoint=checkpoint, strict=what is not None,
@@ -501,23 +514,25 @@ def sweep(
     quiet: QuietOpt = False,
 ) -> None:
     """Train and evaluate every (model, dataset, seed) cell of a profile; resumable and shardable."""
+    hardware = dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                    precision=precision)
+    # A bad value answers now, not in every cell once the sweep has started (evaluation's hardware fields
+    # are training's, less the precision).
+    resolve(TrainConfig(), hardware)
     _run_sweep(profile=profile, config=config, runs_dir=runs_dir or Path("runs") / profile,
                out=out or Path("results") / profile, only=only, shard=shard, dry_run=dry_run, data_root=data_root,
-               download=download, quiet=quiet, recompute=recompute,
-               hardware=dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                             precision=precision))
+               download=download, quiet=quiet, recompute=recompute, hardware=hardware)
 
 
 def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: str | None = None,
                shard: str | None = None, dry_run: bool = False, data_root: str | None = None, download: bool = False,
                quiet: bool = False, recompute: bool = False, hardware: dict[str, Any] | None = None) -> None:
+    chosen = load_profile(profile, config)  # a misspelt profile answers before the imports below
     from oodbench.atomic import check_writable
     from oodbench.models import model_config
     from oodbench.report import write_report
     from oodbench.runner import sweep as sweeping
-    from oodbench.scores import parse_scores
 
-    chosen = load_profile(profile, config)
     check_writable(runs_dir, "--runs-dir")
     for model, model_settings in chosen.models.items():  # a typo fails now, not an hour into the sweep
         model_config(model, model_settings, where=f"{config} (profile {profile!r})")

@@ -87,6 +87,9 @@ def check_fields(config: Any) -> None:
 TRAIN_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
 # Those of them without autocast (Lightning's aliases included: "bf16" and "16" are mixed precisions).
 FLOAT32_PRECISIONS = ("32-true", "32")
+# Lightning's accelerator names (its AcceleratorRegistry, plus "auto" and "gpu"; tests/test_names.py
+# compares them), here so that a misspelt --accelerator is answered before Lightning is imported.
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ class TrainConfig:
     limit_train: int | None = at_least(1, None)  # train on N images of the training split (CPU-scale runs)
     val_size: int = at_least(0, 500)  # held out from the training split, for the "best" checkpoint
     seed: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
+    accelerator: str = one_of(ACCELERATORS, "auto")
+    devices: str = "auto"  # Lightning's, or "all": every visible GPU (runner/lightning.device_count)
     num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
     # Training may use mixed precision; the likelihoods that pick the best checkpoint are float32 anyway.
@@ -138,7 +141,7 @@ class EvalConfig:
     # Likelihood regret (VAE): Adam steps and learning rate of each image's posterior refit
     regret_steps: int = at_least(1, 20)
     regret_lr: float = at_least(0, 0.1, exclusive=True)
-    accelerator: str = "auto"
+    accelerator: str = one_of(ACCELERATORS, "auto")
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
     num_nodes: int = at_least(1, 1)
     strategy: str = "auto"

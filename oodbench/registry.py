@@ -7,11 +7,17 @@ lists the valid names (torchvision's `register_model` / `get_model` pattern).
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from oodbench.errors import OodbenchError
 
 T = TypeVar("T")
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> OodbenchError:
+    """The one message for a name a registry does not hold, whether a registry or its light list in
+    names.py (checked before the heavy imports) is asked."""
+    return OodbenchError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(valid))}")
 
 
 class Registry(Generic[T]):
@@ -35,8 +41,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            valid = ", ".join(sorted(self._items))
-            raise OodbenchError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise unknown_name(self.kind, name, self._items) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -8,14 +8,17 @@ where a test split would be used; the staged data has no SVHN test split). A pai
 A user's own images are `folder:PATH` or `npz:PATH` (data/user.py), e.g. "cifar10:folder:~/my_ood":
 the tokens "folder" and "npz" attach to the token after them in the same way. Their paths keep their
 case, take no "@split" (a folder's train/ and test/ subfolders are its splits) and cannot hold ':'.
+
+Parsing imports neither torch nor the dataset registry: names, channels and splits come from their light
+list (`oodbench/names.py`), so the CLI answers a misspelt dataset or a malformed pair at once. Only a
+user's own images load `user.py` (Pillow, torch), which checks that their path is there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oodbench.data import user
-from oodbench.data.datasets import get_dataset
+from oodbench import names
 from oodbench.errors import OodbenchError
 
 GRAY = "gray"
@@ -53,12 +56,20 @@ class Pair:
         return f"{self.in_ref}:{self.out_ref}"
 
 
+def _is_user_name(text: str) -> bool:
+    """True for "folder:..." and "npz:..." (the kinds are case-insensitive, paths are not)."""
+    kind, sep, _ = text.partition(":")
+    return bool(sep) and kind.strip().lower() in names.USER_KINDS
+
+
 def parse_dataset_ref(text: str) -> DatasetRef:
     """"[gray:]NAME[@SPLIT]" -> DatasetRef; unknown names, splits or a grey base are OodbenchErrors."""
     stripped = text.strip()
     gray_prefix = stripped.lower().startswith(f"{GRAY}:")
     body = stripped[len(GRAY) + 1:] if gray_prefix else stripped
-    if user.is_user_name(body):
+    if _is_user_name(body):
+        from oodbench.data import user  # the images will be read with it anyway
+
         source = user.parse_user(body)  # a path that is not there: an error naming it
         return DatasetRef(name=f"{GRAY}:{source.name}" if gray_prefix else source.name)
     spec_text = stripped.lower()
@@ -67,9 +78,9 @@ def parse_dataset_ref(text: str) -> DatasetRef:
     base = body.removeprefix(f"{GRAY}:") if gray else body
     if not base:
         raise OodbenchError(f"empty dataset name in {text!r}; expected [gray:]NAME[@SPLIT], e.g. gray:cifar10")
-    spec = get_dataset(base)  # unknown name -> error listing the valid ones
-    if gray and spec.shape[0] != 3:
-        raise OodbenchError(f"{text!r}: {base} is already greyscale ({spec.shape[0]} channel); drop the gray: prefix")
+    spec = names.dataset(base)  # unknown name -> error listing the valid ones
+    if gray and spec.channels != 3:
+        raise OodbenchError(f"{text!r}: {base} is already greyscale ({spec.channels} channel); drop the gray: prefix")
     if "@" in spec_text and split not in spec.splits:
         raise OodbenchError(f"{base} has no split {split!r} in {text!r}; valid splits: {', '.join(spec.splits)}")
     return DatasetRef(name=f"{GRAY}:{base}" if gray else base, split_override=split or None)
@@ -87,7 +98,7 @@ def parse_pair(text: str) -> Pair:
         if token.lower() == GRAY and not pending_gray and pending_user is None:
             pending_gray = True
             continue
-        if token.lower() in user.KINDS and pending_user is None:
+        if token.lower() in names.USER_KINDS and pending_user is None:
             pending_user = token.lower()
             continue
         if pending_user is not None:

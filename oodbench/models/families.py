@@ -30,6 +30,8 @@ class ModelFamily:
     fixed_hint: str = ""  # where to go instead, e.g. the family that has the other value
 
 
+# Each name is in names.MODELS too: the CLI checks --model there before importing torch, and lists it in
+# its help (tests/test_names.py checks the two are equal).
 FAMILIES: Registry[ModelFamily] = Registry("model")
 FAMILIES.add("glow", ModelFamily(
     "glow", "Glow (Kingma & Dhariwal 2018): affine coupling, non-volume-preserving",

@@ -4,12 +4,14 @@ Each score is one small module with its paper in its docstring and one registry 
 name and the variants a results table shows (input complexity's codecs, typicality's batch sizes).
 `oodbench evaluate --scores NAME,...` and a profile's `scores:` list pick entries by name; an unknown
 name is an error listing the valid ones. A new score: a module with a `Score` subclass (base.py) and
-its test, and one `SCORES.add` line here.
+its test, one `SCORES.add` line here and its name in `oodbench/names.py` (the CLI's light list).
 """
 
 from __future__ import annotations
 
-from oodbench.errors import OodbenchError
+# parse_scores checks names against the light list (names.py, equal to SCORES), so the CLI can parse
+# --scores before importing this package's pandas.
+from oodbench.names import parse_scores
 from oodbench.registry import Registry
 from oodbench.scores.base import Score
 from oodbench.scores.complexity import InputComplexity
@@ -30,18 +32,6 @@ SCORES.add("likelihood_ratio", (LikelihoodRatio(),))
 SCORES.add("ensemble_likelihood", (EnsembleLikelihood(),))
 SCORES.add("waic", (WAIC(),))
 SCORES.add("likelihood_regret", (LikelihoodRegret(),))
-
-
-def parse_scores(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """"likelihood,typicality" (or a list) -> registered names, checked; None -> None (every score)."""
-    if text is None:
-        return None
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    if not names:
-        raise OodbenchError(f"no score named in {text!r}; valid scores: {', '.join(SCORES.names())}")
-    for name in names:
-        SCORES.get(name)  # unknown -> the valid names
-    return tuple(dict.fromkeys(names))
 
 
 def score_variants(names: tuple[str, ...] | None) -> list[Score]:
