@@ -45,6 +45,8 @@ CASES = [
     (["train", "--model", "glow", "--dataset", "cifar01"], ["unknown dataset 'cifar01'", "cifar10, cifar100"]),
     (["train", "--model", "glow", "--dataset", "svhn@tset"], ["no split 'tset'", "train, test, extra"]),
     (["train", "--model", "glow", "--dataset", "gray:mnist"], ["'gray:mnist'", "already greyscale"]),
+    (["train", "--model", "glow", "--dataset", "folder:/no/such/folder"], ["/no/such/folder is not a folder"]),
+    (["evaluate", "--pair", "cifar10:npz:/no/such.npz", "--model", "glow"], ["/no/such.npz is not a file"]),
     ([*TRAIN, "--curve-ood", "kmnist,mnits"], ["unknown dataset 'mnits'", "kmnist"]),
     ([*TRAIN, "--profile", "nope"], ["unknown profile 'nope'", "demo, paper, quick"]),
     (["evaluate", "--pair", "cifar10-svhn", "--model", "glow"], ["malformed pair 'cifar10-svhn'", "IN:OUT"]),

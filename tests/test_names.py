@@ -7,7 +7,7 @@ import pytest
 
 from oodbench import names
 from oodbench.config import ACCELERATORS
-from oodbench.data import list_datasets, user
+from oodbench.data import list_datasets
 from oodbench.data.datasets import DATASETS
 from oodbench.errors import OodbenchError
 from oodbench.models import FAMILIES
@@ -25,10 +25,6 @@ def test_scores_are_the_registry():
 def test_datasets_are_the_registry_with_their_channels_and_splits():
     assert tuple(names.DATASETS) == tuple(DATASETS.registered())
     assert names.DATASETS == {spec.name: names.DatasetName(spec.shape[0], spec.splits) for spec in list_datasets()}
-
-
-def test_user_kinds_are_user_pys():
-    assert names.USER_KINDS == user.KINDS
 
 
 def test_accelerators_are_lightnings():

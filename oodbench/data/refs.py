@@ -10,8 +10,8 @@ the tokens "folder" and "npz" attach to the token after them in the same way. Th
 case, take no "@split" (a folder's train/ and test/ subfolders are its splits) and cannot hold ':'.
 
 Parsing imports neither torch nor the dataset registry: names, channels and splits come from their light
-list (`oodbench/names.py`), so the CLI answers a misspelt dataset or a malformed pair at once. Only a
-user's own images load `user.py` (Pillow, torch), which checks that their path is there.
+list (`oodbench/names.py`), and a user's own images' path from `user_source.py`, so the CLI answers a
+misspelt dataset, a malformed pair or a missing folder at once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oodbench import names
+from oodbench.data.user_source import is_user_name, parse_user
 from oodbench.errors import OodbenchError
 
 GRAY = "gray"
@@ -56,21 +57,13 @@ class Pair:
         return f"{self.in_ref}:{self.out_ref}"
 
 
-def _is_user_name(text: str) -> bool:
-    """True for "folder:..." and "npz:..." (the kinds are case-insensitive, paths are not)."""
-    kind, sep, _ = text.partition(":")
-    return bool(sep) and kind.strip().lower() in names.USER_KINDS
-
-
 def parse_dataset_ref(text: str) -> DatasetRef:
     """"[gray:]NAME[@SPLIT]" -> DatasetRef; unknown names, splits or a grey base are OodbenchErrors."""
     stripped = text.strip()
     gray_prefix = stripped.lower().startswith(f"{GRAY}:")
     body = stripped[len(GRAY) + 1:] if gray_prefix else stripped
-    if _is_user_name(body):
-        from oodbench.data import user  # the images will be read with it anyway
-
-        source = user.parse_user(body)  # a path that is not there: an error naming it
+    if is_user_name(body):
+        source = parse_user(body)  # a path that is not there: an error naming it
         return DatasetRef(name=f"{GRAY}:{source.name}" if gray_prefix else source.name)
     spec_text = stripped.lower()
     body, _, split = spec_text.partition("@")

@@ -37,65 +37,14 @@ from PIL import Image, UnidentifiedImageError
 from oodbench.data import cache
 from oodbench.data.sources import npz_shape
 from oodbench.data.transforms import luminance, replicate
+from oodbench.data.user_source import KINDS, SPLITS, UserSource, is_user_name, parse_user  # noqa: F401 - this module's API
 from oodbench.errors import OodbenchError
 from oodbench.ticker import track
 
-KINDS = ("folder", "npz")
-SPLITS = ("train", "test")
 DEFAULT_SIZE = 32  # every registered set's size: the models' default input
 RECIPE_VERSION = 1  # bump when the transform below changes
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _SHOWN = 5  # unreadable files named in an error
-
-
-def is_user_name(text: str) -> bool:
-    """True for "folder:..." and "npz:..." (the kinds are case-insensitive, paths are not)."""
-    kind, sep, _ = text.partition(":")
-    return bool(sep) and kind.strip().lower() in KINDS
-
-
-@dataclass(frozen=True)
-class UserSource:
-    kind: str  # "folder" | "npz"
-    path: Path  # absolute
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}:{self.path}"
-
-    @property
-    def title(self) -> str:
-        return self.path.name if self.kind == "folder" else self.path.stem
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        if self.kind == "folder":
-            present = tuple(split for split in SPLITS if (self.path / split).is_dir())
-            if present:
-                return present
-        return SPLITS
-
-    @property
-    def shared_splits(self) -> bool:
-        """True when "train" and "test" are the same images (a flat folder, an npz file)."""
-        return self.kind == "npz" or not any((self.path / split).is_dir() for split in SPLITS)
-
-    def where(self, split: str) -> Path:
-        return self.path if self.shared_splits else self.path / split
-
-
-def parse_user(text: str) -> UserSource:
-    """"folder:~/x" -> UserSource("folder", /home/me/x); a missing path is an OodbenchError."""
-    kind, _, path_text = text.partition(":")
-    kind = kind.strip().lower()
-    if not path_text.strip():
-        raise OodbenchError(f"{text!r} names no path; write {kind}:PATH, e.g. {kind}:~/my_images")
-    path = Path(path_text.strip()).expanduser().resolve()
-    if kind == "folder" and not path.is_dir():
-        raise OodbenchError(f"{text!r}: {path} is not a folder; folder: takes a folder of images")
-    if kind == "npz" and not path.is_file():
-        raise OodbenchError(f"{text!r}: {path} is not a file; npz: takes a .npz file with an array x")
-    return UserSource(kind, path)
 
 
 def image_files(folder: Path) -> list[Path]:
