@@ -56,7 +56,12 @@ def dequantize(x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tens
     x = x.to(torch.float32)
     if noise is None:
         noise = torch.rand_like(x)
-    return (x + noise) * (1.0 / N_LEVELS)
+    y = (x + noise) * (1.0 / N_LEVELS)
+    # In float32, 255 + u rounds to 256 for u >= 1 - 2**-17 (the spacing of floats near 255 is 2**-16), so
+    # y would be exactly 1.0, outside [0, 1): a flow with a logit step would give inf there. The largest
+    # value below 1 in y's dtype replaces exactly that value, and nothing else: every y below 1 is left as
+    # it was, and a y above 1 (a bug upstream, never rounding) stays visible instead of being clamped away.
+    return torch.where(y == 1.0, 1.0 - torch.finfo(y.dtype).eps / 2, y)
 
 
 def discretization_nats(n_dims: int) -> float:

@@ -28,11 +28,14 @@ BOOTSTRAP_RESAMPLES = 1000
 
 
 def batch_means(values: np.ndarray, batch: int, seed: int) -> np.ndarray:
-    """Means of floor(n / batch) disjoint batches of `values`, in a seeded random order."""
-    order = np.random.default_rng(seed).permutation(len(values))
+    """Means of floor(n / batch) disjoint batches of `values`, in a seeded random order; for batch = 1,
+    `values` in their own order (a per-sample score must stay beside its image in scores.csv and the gate)."""
     n_batches = len(values) // batch
     if n_batches == 0:
         raise ValueError(f"a set of {len(values)} images has no batch of {batch}")
+    if batch == 1:
+        return values.astype(np.float64, copy=True)
+    order = np.random.default_rng(seed).permutation(len(values))
     return values[order[:n_batches * batch]].reshape(n_batches, batch).mean(axis=1)
 
 

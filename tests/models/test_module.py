@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from oodbench.config import TrainConfig, to_plain
 from oodbench.data.quantize import index_noise
 from oodbench.errors import OodbenchError
+from oodbench.models.base import DequantizedFlow
 from oodbench.models.module import LikelihoodModule, TrainingDiverged, make_optimizer
-from oodbench.scores import bits_per_dim
 
 TINY = {"in_channels": 1, "levels": 2, "steps": 1, "hidden_channels": 8}
 
@@ -32,7 +32,8 @@ def test_training_loss_is_mean_bits_per_dim():
     torch.manual_seed(0)
     loss = module.training_step((x, index), 0)
     torch.manual_seed(0)
-    expected = bits_per_dim(module.model.log_prob(x), 64).mean()
+    # Written out, not through units.bits_per_dim: nats over (64 dimensions x ln 2), averaged over the batch.
+    expected = -module.model.log_prob(x).mean() / (64 * math.log(2))
     assert torch.allclose(loss, expected)
 
 
@@ -167,3 +168,29 @@ def test_training_steps_with_gradient_clipping_in_each_precision(precision, tmp_
     trainer.fit(module, DataLoader(TensorDataset(x, index), batch_size=8))
     assert trainer.global_step == 3
     assert trainer.optimizers[0].defaults["fused"] is (True if precision == "32-true" else None)
+
+
+class _UniformOnUnitCube(DequantizedFlow):
+    """p(y) = 1 on [0,1)^D: log p(x) = -D ln 256 exactly, D the model's input size (tests/test_units.py)."""
+
+    def flow_parts(self, y):
+        zeros = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+        inside = ((y >= 0) & (y < 1)).flatten(1).all(dim=1)
+        return {"log_pz": torch.where(inside, zeros, -math.inf), "logdet": zeros}
+
+
+def test_logged_bits_per_dim_of_a_28x28_set_are_per_its_784_own_dimensions():
+    """A 28x28 grey image is zero-padded to 32x32 for the model; a model uniform on the padded image's
+    1,024 dimensions gives it log p = -1024 ln 256, which is 8 x 1024 / 784 = 10.449 bits per dimension
+    of the 28x28 image (units.py), the number the validation log and the training loss must show
+    (dividing by the model's 1,024 would show 8.0)."""
+    module = LikelihoodModule(family="glow", model_settings=TINY, train_settings=to_plain(TrainConfig()), bpd_dims=784)
+    module.model = _UniformOnUnitCube()
+    x = torch.nn.functional.pad(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), (2, 2, 2, 2))
+    index = torch.arange(16)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False)
+    logged = trainer.validate(module, DataLoader(TensorDataset(x, index), batch_size=6), verbose=False)[0]["val_bpd"]
+    assert logged == pytest.approx(8 * 1024 / 784, rel=1e-6)
+    module.log = lambda *args, **kwargs: None  # training_step outside a trainer
+    assert module.training_step((x, index), 0).item() == pytest.approx(8 * 1024 / 784, rel=1e-6)

@@ -348,3 +348,41 @@ def test_index_seeded_draws_are_finite_at_both_ends_of_the_uniform_grid():
     model = VAE(VAEConfig(in_channels=3, image_size=32, latent_dim=100, iw_samples=1))
     noise = model.eval_noise(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.tensor([12522]), seed=0)
     assert torch.isfinite(noise).all()
+
+
+def test_reconstruction_and_elbo_columns_match_a_hand_computation_draw_by_draw():
+    """The columns DoSE and the reports read, recomputed one image and one draw at a time in float64,
+    with torch.distributions for the Gaussians and a log-softmax gathered at each sub-pixel's value for
+    the decoder: z_j = mean + std * eps_j; reconstruction = mean_j log p(x|z_j); elbo = mean_j (log p(x|z_j)
+    + log p(z_j) - log q(z_j|x)); log_px = log mean_j exp(...); kl = KL(q || p) in closed form. The
+    posterior is pinned wide (std 1.5) and the decoder is the random initial network with its last layer
+    scaled up, so the draws' reconstruction terms differ by nats: the first draw alone, a sum over draws, another image's draws
+    or an ELBO of reconstruction - KL instead of the draws' weights all fail."""
+    k, latent = 4, 3
+    mean = torch.tensor([0.5, -1.0, 0.3], dtype=F64)
+    log_std = torch.full((latent,), math.log(1.5), dtype=F64)
+    model = _pinned_vae(mean, log_std)
+    model.iw_samples = k
+    with torch.no_grad():
+        model.decoder.head.weight.mul_(200)  # the initial decoder barely depends on z: make its logits follow z
+    x = _images(3, channels=1, seed=21)
+    noise = torch.randn(3, k, latent, generator=torch.Generator().manual_seed(22))
+    with torch.no_grad():
+        parts = model.log_prob_parts(x, noise)
+        q = torch.distributions.Normal(mean, log_std.exp())
+        prior = torch.distributions.Normal(torch.zeros(latent, dtype=F64), torch.ones(latent, dtype=F64))
+        rec = torch.zeros(3, k, dtype=F64)
+        log_w = torch.zeros(3, k, dtype=F64)
+        for b in range(3):
+            target = x[b].permute(1, 2, 0).long()  # (S, S, C), the decoder's layout
+            for j in range(k):
+                z = mean + log_std.exp() * noise[b, j].double()
+                log_probs = torch.log_softmax(model.decoder(z.float()[None])[0].double(), dim=-1)  # (S, S, C, 256)
+                rec[b, j] = log_probs.gather(-1, target[..., None]).sum()
+                log_w[b, j] = rec[b, j] + prior.log_prob(z).sum() - q.log_prob(z).sum()
+    assert (rec.max(dim=1).values - rec.min(dim=1).values).min() > 1.0  # the draws really differ
+    kl = torch.distributions.kl_divergence(q, prior).sum()
+    torch.testing.assert_close(parts["reconstruction"].double(), rec.mean(dim=1), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(parts["elbo"].double(), log_w.mean(dim=1), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(parts["log_px"].double(), torch.logsumexp(log_w, dim=1) - math.log(k), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(parts["kl"].double(), kl.expand(3), rtol=1e-5, atol=1e-5)

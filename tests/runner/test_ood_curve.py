@@ -4,6 +4,7 @@ that a killed and resumed run ends with an uninterrupted run's curve, and the pa
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,21 @@ def test_the_finding_holds_only_where_every_ood_point_is_lower():
     assert early_stopping_finding(curve, min_step=0)["sets"]["mnist@test"]["first_not_lower"] == 0
     nothing = early_stopping_finding(curve[curve["set"] != "ood"])
     assert nothing == {"holds": None, "points": 0, "steps": 0, "sets": {}}
+
+
+def test_the_curve_gives_bits_per_dimension_of_a_28x28_image():
+    """A model uniform on the padded 32x32 image gives log p = -1024 ln 256: 8 x 1024 / 784 = 10.449 bits
+    per dimension of the 28x28 image, the unit every other number of the run is in (dividing by the
+    model's 1,024 would give 8.0)."""
+    from oodbench.models.base import DequantizedFlow
+
+    class Uniform(DequantizedFlow):
+        def flow_parts(self, y):
+            zeros = torch.zeros(y.shape[0], dtype=y.dtype)
+            return {"log_pz": torch.where(((y >= 0) & (y < 1)).flatten(1).all(dim=1), zeros, -math.inf), "logdet": zeros}
+
+    module = tiny_module()
+    module.model = Uniform()
+    images = ImageSet(name="noise", split="test", images=torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8),
+                      index=torch.arange(5, dtype=torch.int64), source="test")
+    np.testing.assert_allclose(set_bpd(module, images, batch_size=2), np.full(5, 8 * 1024 / 784), rtol=1e-6)

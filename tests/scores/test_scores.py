@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from oodbench.errors import OodbenchError
 from oodbench.metrics import ood_metrics
@@ -58,6 +59,14 @@ def test_typicality_flags_batches_that_are_too_likely_as_well_as_too_unlikely():
     assert auroc(Likelihood(), fit, inside, outside) == pytest.approx(0.5)
 
 
+def test_typicality_of_single_images_stays_beside_its_image():
+    # M = 1 is a per-sample score: scores.csv and the gate put value i beside image i, so it must not be
+    # shuffled like the batches of M > 1 (a seeded permutation still gives the right AUROC, not the right image).
+    fitted = Typicality(batch=1).fit(stats(bpd=[0.0] * 4))
+    values = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 7.0])
+    assert np.array_equal(fitted.score(stats(bpd=values)), values)
+
+
 def test_typicality_on_batches_averages_disjoint_batches():
     fit = stats(bpd=[2.0] * 10)
     fitted = Typicality(batch=5).fit(fit)
@@ -70,6 +79,26 @@ def test_typicality_on_batches_averages_disjoint_batches():
     assert len(batches) == 2 and batches.sum() * 5 == pytest.approx(values.sum())
     with pytest.raises(ValueError, match="no batch of 5"):
         fitted.score(stats(bpd=[1.0, 2.0]))
+
+
+@pytest.mark.parametrize("batch", [1, 5, 25])
+def test_typicality_threshold_is_the_99_percent_quantile_for_normal_bits_per_dim(batch):
+    """For bits/dim ~ N(mu, sigma^2) the mean of M of them is N(mu, sigma^2 / M), so |mean - mu| has its
+    1 - alpha = 99% quantile at sigma / sqrt(M) * Phi^-1(1 - alpha / 2) = 2.5758 sigma / sqrt(M). The
+    bootstrap estimate of one seed scatters by ~4%; the mean of 20 seeds' by ~1% (and the 20,000
+    held-out values' sd by 0.5%). A 95% or 99.5% quantile (-24%, +9%), bootstrap batches of 1 whatever M
+    (x sqrt(M)) or a 1/M scale (/ sqrt(M)) fails. And the rule has its level: about 1% of in-distribution
+    units score above the threshold (a 95% quantile flags 5%)."""
+    rng = np.random.default_rng(0)
+    mu, sigma = 3.0, 0.2
+    fit = stats(bpd=rng.normal(mu, sigma, 20_000))
+    expected = sigma / math.sqrt(batch) * scipy_stats.norm.ppf(1 - 0.01 / 2)
+    thresholds = [Typicality(batch=batch, seed=seed).fit(fit).threshold for seed in range(20)]
+    assert np.mean(thresholds) == pytest.approx(expected, rel=0.04)
+    fitted = Typicality(batch=batch).fit(fit)
+    assert fitted.train_mean == pytest.approx(mu, abs=5 * sigma / math.sqrt(20_000))
+    flagged = np.mean(fitted.score(stats(bpd=rng.normal(mu, sigma, 100_000))) > fitted.threshold)
+    assert 0.003 < flagged < 0.025, flagged  # 1%, give or take the one seed's threshold and 4,000+ units
 
 
 def test_dose_scores_by_kernel_densities_of_each_statistic():
