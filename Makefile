@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install demo test test-fast bench lint clean
+.PHONY: help install demo test test-fast bench gpu-check lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test-fast: install ## Tests without the end-to-end runs on real data
 
 bench: install ## Speed and memory benchmark -> bench.json
 	$(PY) scripts/bench.py --out bench.json
+
+gpu-check: ## On a GPU machine: tests, speed, a 3-minute paper-size Glow -> results/gpu_check/gpu_check.json (under 8 min)
+	scripts/gpu_check.sh results/gpu_check
 
 lint: install ## Static checks
 	$(VENV)/bin/ruff check oodbench tests scripts

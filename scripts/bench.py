@@ -8,15 +8,24 @@ Each measurement also records the model's floating-point work per image (torch's
 convolutions and matrix products) and the rate that implies, `achieved_gflops`, to compare with what
 the hardware's convolutions reach at best.
 
-The families: Glow and CV-Glow at L=3, K=8, 128 hidden on 3x32x32; PixelCNN++ at nr_resnet=1, 64
-filters, 10 mixtures on 3x32x32; the VAE (1.34M parameters) with its single-sample bound (`vae`) and
-IWAE-16 (`vae-iwae16`); the sizes issue 3 gives reference speeds for.
+Two sizes (`--size`). `bench` (the default): Glow and CV-Glow at L=3, K=8, 128 hidden on 3x32x32;
+PixelCNN++ at nr_resnet=1, 64 filters, 10 mixtures on 3x32x32; the VAE (1.34M parameters) with its
+single-sample bound (`vae`) and IWAE-16 (`vae-iwae16`); the sizes issue 3 gives reference speeds for.
+`paper`: each family of the `paper` profile in benchmarks.yaml (`--config`) at the size written there
+(Glow K=32, L=3, 512 hidden; PixelCNN++ nr_resnet=5, 160 filters; the VAE of Xiao et al.) on 3x32x32,
+and the VAE also scored with the profile's k (`vae-iwae256`): the sizes GPUs are for.
 
 Add a family by registering a `BenchSpec` (a builder and an input maker) in `BENCHES`; every family
-is measured by the same `measure` function.
+is measured by the same `measure` function, on the CPU or a GPU alike.
 
-    python scripts/bench.py --out bench.json [--device cuda] [--steps 10] [--families glow,cv-glow]
-                            [--precision bf16-mixed]
+    python scripts/bench.py --out bench.json [--device cuda] [--size paper] [--steps 10]
+                            [--families glow,cv-glow] [--precision bf16-mixed]
+
+On a GPU (`--device cuda`) each measurement also records the peak GPU memory of its timed steps
+(`cuda_peak_mib`: torch.cuda.max_memory_allocated: weights, gradients, Adam's moments, activations),
+the TF32 settings it ran under (`cuda_tf32`: by torch's default cuDNN convolutions run float32 work in
+TF32, so "fp32" there is what `oodbench train --precision 32-true` gets), and how far one batch's
+bits/dim under those settings lies from strict float32 (`eval.tf32.max_abs_bpd_difference`).
 
 A roofline in the same run: the machine's fp32 and bf16 throughput on a matrix product (2048^3) and on
 a 3x3 convolution of Glow's hidden shape (batch 64, 128 -> 128 channels, 16x16), measured before and
@@ -26,6 +35,9 @@ each family's `achieved_gflops` is also given as a fraction of the peaks of the 
 `oodbench train --precision bf16-mixed` runs it) the bf16 peaks. Evaluation always runs in fp32.
 Peaks that moved between before and after (`roofline.drift`, after / before) mark a noisy run.
 
+The JSON is rewritten after each family (`"complete": false`, the families so far), so a run stopped by
+a time limit keeps what it measured; `"complete": true` once the roofline after them is in.
+
 The machine is shared: other processes on the CPU inflate every number here. The JSON records the
 load average before and after, so a noisy run can be recognised (and repeated).
 """
@@ -33,7 +45,9 @@ load average before and after, so a noisy run can be recognised (and repeated).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -44,15 +58,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.flop_counter import FlopCounterMode
 
+from oodbench.config import DEFAULT_BENCHMARKS, load_profile
 from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
+from oodbench.models.families import build_model, model_config
 from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.module import make_optimizer
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
@@ -120,6 +136,37 @@ BENCHES: dict[str, BenchSpec] = {
     # the same VAE scored with IWAE-16 (the quick profile's k): k decodes per image
     "vae-iwae16": _vae_spec(VAEConfig(in_channels=3, iw_samples=16), eval_batches=(64,)),
 }
+PAPER_SHAPE = (3, 32, 32)  # CIFAR-10, the paper profile's first in-distribution set
+SIZES = ("bench", "paper")
+
+
+def paper_benches(config: Path = DEFAULT_BENCHMARKS) -> dict[str, BenchSpec]:
+    """Each family of the `paper` profile in `config`, at the size written there (read, not typed twice),
+    on 3x32x32; the VAE with its single-sample bound and, as `vae-iwae<k>`, with the profile's k."""
+    profile = load_profile("paper", config)
+    where = f"{config} (profile 'paper')"
+    specs: dict[str, BenchSpec] = {}
+    for family, settings in profile.models.items():
+        cfg = model_config(family, settings, image_shape=PAPER_SHAPE, where=where)
+        if isinstance(cfg, GlowConfig):
+            specs[family] = _glow_spec(cfg, PAPER_SHAPE[1])
+        elif isinstance(cfg, PixelCNNConfig):
+            specs[family] = _pixelcnn_spec(cfg, PAPER_SHAPE[1])
+        elif isinstance(cfg, VAEConfig):
+            specs[family] = _vae_spec(dataclasses.replace(cfg, iw_samples=1))
+            k = profile.eval_for(family).iw_samples or cfg.iw_samples
+            if k > 1:
+                specs[f"{family}-iwae{k}"] = _vae_spec(dataclasses.replace(cfg, iw_samples=k), eval_batches=(64,))
+        else:  # a family bench.py has no description for yet: measured all the same
+            specs[family] = _spec(family, lambda family=family, cfg=cfg: build_model(family, cfg), cfg, PAPER_SHAPE[1])
+    return specs
+
+
+def benches(size: str, config: Path = DEFAULT_BENCHMARKS) -> dict[str, BenchSpec]:
+    """The families measured at `size`: "bench" (fixed reference sizes, `BENCHES`) or "paper" (benchmarks.yaml)."""
+    if size not in SIZES:
+        raise OodbenchError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
+    return BENCHES if size == "bench" else paper_benches(config)
 
 
 def _cpu_name() -> str:
@@ -164,6 +211,39 @@ def _rate(batch: int, seconds: list[float]) -> dict:
 
 def _cuda_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _reset_cuda_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_tf32() -> dict[str, bool]:
+    """Whether float32 convolutions (cuDNN) and matrix products (cuBLAS) may run in TF32 on a GPU."""
+    return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32), "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """float32 work in float32 on a GPU: TF32 off for cuDNN's convolutions and cuBLAS's products."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _tf32_deviation(model: LikelihoodModel, x: torch.Tensor) -> dict:
+    """The largest |bits/dim| difference, over one batch, between scoring under the current TF32 settings
+    and under strict float32, with the same index-seeded noise."""
+    n_dims = math.prod(x.shape[1:])
+    noise = model.eval_noise(x, torch.arange(x.shape[0], device=x.device), 0)
+    with torch.inference_mode():
+        current = bits_per_dim(model.log_prob(x, noise), n_dims)
+        with strict_fp32():
+            strict = bits_per_dim(model.log_prob(x, noise), n_dims)
+    return {**cuda_tf32(), "batch_size": x.shape[0], "max_abs_bpd_difference": float((current - strict).abs().max())}
 
 
 def _gflop_per_image(model: LikelihoodModel, x: torch.Tensor, *, train: bool) -> float:
@@ -219,6 +299,9 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
     """Training and evaluation throughput and peak memory of one family. `precision` is the training
     step's (Lightning's names: "32-true", or "bf16-mixed" = bf16 autocast, as `oodbench train` runs it);
     evaluation always runs in float32 with autocast off, as every reported likelihood is computed."""
+    if device.type == "cuda":  # the previous family's tensors are not this one's peak
+        gc.collect()
+        torch.cuda.empty_cache()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = spec.build().to(device)
@@ -241,15 +324,14 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
         optimizer.step()
         losses.append(loss.detach())
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_cuda_peak(device)
     train = _rate(train_batch, _timed(train_step, device, steps=steps, warmup=warmup))
+    train["cuda_peak_mib"] = _cuda_peak_mib(device)  # of the timed steps, before the FLOP count below
     train["precision"] = precision
     train["final_loss_bpd"] = float(losses[-1])
     train["gflop_per_image"] = _gflop_per_image(model, x_train[:2], train=True)
     train["achieved_gflops"] = train["gflop_per_image"] * train["images_per_s"]
     train["max_rss_mib_so_far"] = _max_rss_mib()
-    train["cuda_peak_mib"] = _cuda_peak_mib(device)
     optimizer.state.clear()  # Adam's moments are not needed for evaluation
     model.zero_grad(set_to_none=True)
 
@@ -261,8 +343,7 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
         rates = []
         for batch in spec.eval_batches or eval_batches:
             x_eval = spec.make_input(batch, device, generator)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            _reset_cuda_peak(device)
 
             def eval_step(x_eval=x_eval, context=context) -> None:
                 with context():
@@ -274,7 +355,10 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
             rates.append(rate)
         best = max(rates, key=lambda r: r["images_per_s"])
         evaluation[mode] = {"by_batch_size": rates, "best": {"batch_size": best["batch_size"],
-                                                            "images_per_s": best["images_per_s"]}}
+                                                            "images_per_s": best["images_per_s"],
+                                                            "cuda_peak_mib": best["cuda_peak_mib"]}}
+    if device.type == "cuda":
+        evaluation["tf32"] = _tf32_deviation(model, x_train[:min(64, train_batch)])
     return {
         "description": spec.description,
         "config": spec.config,
@@ -290,9 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="where to write the JSON")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--size", choices=SIZES, default="bench",
+                        help="bench: the fixed reference sizes; paper: benchmarks.yaml's paper profile (for GPUs)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_BENCHMARKS,
+                        help="benchmarks.yaml holding the paper profile (--size paper)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
-    parser.add_argument("--families", default=",".join(BENCHES), help=f"comma-separated, from: {', '.join(BENCHES)}")
+    parser.add_argument("--families", default=None,
+                        help=f"comma-separated (default: every family of --size); bench: {', '.join(BENCHES)}; "
+                        "paper: those of the paper profile")
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--eval-batches", default="64,128,256", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
@@ -302,10 +392,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave glibc's malloc settings alone (see tune_glibc_malloc)")
     args = parser.parse_args(argv)
 
-    families = [name.strip() for name in args.families.split(",") if name.strip()]
-    unknown = [name for name in families if name not in BENCHES]
+    try:
+        specs = benches(args.size, args.config)
+    except OodbenchError as exc:
+        parser.error(str(exc))
+    families = [name.strip() for name in (args.families or ",".join(specs)).split(",") if name.strip()]
+    unknown = [name for name in families if name not in specs]
     if unknown:
-        parser.error(f"unknown families {unknown}; valid: {', '.join(BENCHES)}")
+        parser.error(f"unknown families {unknown} at --size {args.size}; valid: {', '.join(specs)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     device = torch.device(args.device)
@@ -319,18 +413,39 @@ def main(argv: list[str] | None = None) -> int:
     malloc_tuned = False if args.default_malloc else tune_glibc_malloc()
     torch.set_num_threads(args.threads)
     eval_batches = [int(b) for b in args.eval_batches.split(",")]
-    load_before = os.getloadavg()
+    header = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cuda_total_mib": torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else None,
+        "cuda_tf32": cuda_tf32() if device.type == "cuda" else None,
+        "size": args.size,
+        "config": str(args.config) if args.size == "paper" else None,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "malloc": "glibc tuned (mmap threshold 32 MiB, no trim)" if malloc_tuned else "default",
+        "train_precision": args.precision,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "optimizer": f"oodbench's make_optimizer('adam', lr={LR}) (fused Adam in fp32 where torch has the kernel)",
+        "load_average_before": os.getloadavg(),
+    }
     print(f"measuring this machine's peaks on {device} ...", file=sys.stderr, flush=True)
     peaks_before = roofline(device, steps=args.steps, warmup=args.warmup)
     results = {}
     for name in families:
         print(f"benchmarking {name} on {device} ...", file=sys.stderr, flush=True)
-        results[name] = measure(BENCHES[name], device=device, steps=args.steps, warmup=args.warmup,
+        results[name] = measure(specs[name], device=device, steps=args.steps, warmup=args.warmup,
                                 train_batch=args.train_batch, eval_batches=eval_batches, precision=args.precision)
         train, evaluation = results[name]["train"], results[name]["eval"]["inference_mode"]
         print(f"  train {train['images_per_s']:.1f} img/s at batch {train['batch_size']}; eval best "
               f"{evaluation['best']['images_per_s']:.1f} img/s at batch {evaluation['best']['batch_size']}",
               file=sys.stderr)
+        # What is measured so far, in case the run is stopped (a time limit) before the end.
+        _write_json(args.out, {**header, "complete": False, "roofline": {"peaks_before": peaks_before},
+                               "families": results})
     peaks_after = roofline(device, steps=args.steps, warmup=args.warmup)
     peaks = {name: {"gflops": max(peaks_before[name]["gflops"], peaks_after[name]["gflops"]),
                     "before": peaks_before[name], "after": peaks_after[name]} for name in peaks_before}
@@ -341,29 +456,25 @@ def main(argv: list[str] | None = None) -> int:
             for rate in result["eval"][mode]["by_batch_size"]:
                 rate["fraction_of_peak"] = fraction_of_peak(rate["achieved_gflops"], peaks)
     report = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "malloc": "glibc tuned (mmap threshold 32 MiB, no trim)" if malloc_tuned else "default",
-        "train_precision": args.precision,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "optimizer": f"oodbench's make_optimizer('adam', lr={LR}) (fused Adam in fp32 where torch has the kernel)",
-        "load_average_before": load_before,
+        **header,
+        "complete": True,
         "load_average_after": os.getloadavg(),
         "roofline": {"peaks": peaks, "drift": {name: peaks_after[name]["gflops"] / peaks_before[name]["gflops"]
                                                for name in peaks_before},
                      "note": "best of before/after; drift = after / before (far from 1: a noisy run)"},
         "families": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.out, report)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _write_json(path: Path, content: dict) -> None:
+    """Write `content` whole or not at all: a run killed mid-write keeps the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""`make bench`'s roofline: the peaks count the FLOPs of their own kernels, and a family's fraction of them."""
+"""`make bench` (scripts/bench.py): the roofline's peaks count the FLOPs of their own kernels, and a family's
+fraction of them; bf16-mixed trains under autocast and scores in float32; `--size paper` builds each family at
+the size benchmarks.yaml's paper profile gives; a run stopped midway keeps the families it measured."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -76,3 +79,75 @@ def test_bf16_mixed_is_refused_where_it_would_be_emulated(bench, monkeypatch, ca
         bench.main(["--precision", "bf16-mixed", "--families", "glow", "--out", str(tmp_path / "b.json")])
     assert stop.value.code == 2 and "no native bf16" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_paper_size_builds_each_family_at_the_papers_size_from_benchmarks_yaml(bench):
+    specs = bench.paper_benches()
+    assert list(specs) == ["glow", "cv-glow", "pixelcnn", "vae", "vae-iwae256"]
+    configs = {name: spec.config for name, spec in specs.items()}
+    # Kingma & Dhariwal 2018: K=32, L=3, 512 hidden; Salimans et al. 2017: nr_resnet=5, 160 filters, 10 mixtures
+    for name, coupling in (("glow", "affine"), ("cv-glow", "additive")):
+        assert {k: configs[name][k] for k in ("levels", "steps", "hidden_channels", "coupling")} == {
+            "levels": 3, "steps": 32, "hidden_channels": 512, "coupling": coupling}
+    assert {k: configs["pixelcnn"][k] for k in ("nr_resnet", "nr_filters", "nr_logistic_mix", "dropout")} == {
+        "nr_resnet": 5, "nr_filters": 160, "nr_logistic_mix": 10, "dropout": 0.5}
+    # Xiao et al. 2020's VAE: 64 base channels, 100 latent dimensions; scored with the paper profile's k=256
+    assert (configs["vae"]["base_channels"], configs["vae"]["latent_dim"], configs["vae"]["iw_samples"]) == (64, 100, 1)
+    assert configs["vae-iwae256"]["iw_samples"] == 256 and specs["vae-iwae256"].eval_batches == (64,)
+    assert all(config["input_shape"] == [3, 32, 32] for config in configs.values())
+    assert specs["glow"].build().config.steps == 32
+
+
+TINY_PAPER = """\
+profiles:
+  paper:
+    models:
+      glow: {levels: 1, steps: 1, hidden_channels: 4}
+      vae: {base_channels: 4, latent_dim: 2, eval: {iw_samples: 3}}
+"""
+
+
+def test_paper_size_follows_the_yaml_and_is_measured_by_the_same_code(bench, tmp_path, monkeypatch):
+    config = tmp_path / "benchmarks.yaml"
+    config.write_text(TINY_PAPER)
+    assert list(bench.paper_benches(config)) == ["glow", "vae", "vae-iwae3"]
+    real_roofline = bench.roofline
+    monkeypatch.setattr(bench, "roofline", lambda device, steps, warmup: real_roofline(
+        device, steps=steps, warmup=warmup, matmul_n=64, conv_shape=(2, 8, 6, 6)))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--size", "paper", "--config", str(config), "--families", "glow,vae-iwae3", "--steps", "1",
+                       "--warmup", "0", "--train-batch", "2", "--eval-batches", "2", "--threads", "1",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["size"], report["config"], report["complete"]) == ("paper", str(config), True)
+    assert list(report["families"]) == ["glow", "vae-iwae3"]
+    glow = report["families"]["glow"]
+    assert glow["config"]["steps"] == 1 and glow["train"]["images_per_s"] > 0
+    assert glow["train"]["cuda_peak_mib"] is None and report["cuda_tf32"] is None  # a CPU: no GPU memory to report
+    assert report["families"]["vae-iwae3"]["eval"]["inference_mode"]["best"]["batch_size"] == 64
+
+
+def test_a_run_stopped_midway_keeps_the_families_measured(bench, tmp_path, monkeypatch):
+    calls = []
+
+    def measure(spec, **kwargs):
+        calls.append(spec.description)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a time limit's signal would stop it
+        return {"train": {"images_per_s": 1.0, "batch_size": 2}, "eval": {"inference_mode": {
+            "best": {"images_per_s": 2.0, "batch_size": 2}}}}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "roofline", lambda device, steps, warmup: {})
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--families", "glow,cv-glow", "--steps", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and list(report["families"]) == ["glow"]
+
+
+def test_an_unknown_family_at_a_size_lists_that_sizes_families(bench, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--size", "paper", "--families", "glow-default-1ch"])
+    assert stop.value.code == 2
+    assert "valid: glow, cv-glow, pixelcnn, vae, vae-iwae256" in capsys.readouterr().err

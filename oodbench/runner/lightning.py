@@ -19,7 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -91,11 +91,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
 
 
-def device_count(devices: str) -> int | str | list[int]:
-    """Lightning's `devices` from a CLI string: "auto", "2", "-1" or "0,1"."""
+def device_count(devices: str, accelerator: str = "auto") -> int | str | list[int]:
+    """Lightning's `devices` from a CLI string: "auto", "all", "2", "-1" or "0,1".
+
+    "all" is every visible device (Lightning's -1), except on a CPU, whose "devices" are processes and
+    which Lightning refuses -1 for: there it is one process, which uses every core."""
     text = str(devices).strip()
     if text == "auto":
         return "auto"
+    if text == "all":
+        gpu_here = CUDAAccelerator.is_available() or MPSAccelerator.is_available()
+        return 1 if accelerator == "cpu" or (accelerator == "auto" and not gpu_here) else -1
     if "," in text:
         return [int(part) for part in text.split(",") if part]
     return int(text)
@@ -113,7 +119,7 @@ def make_trainer(*, root: Path, accelerator: str, devices: str, precision: str, 
         trainer = pl.Trainer(
             default_root_dir=root,
             accelerator=accelerator,
-            devices=device_count(devices),
+            devices=device_count(devices, accelerator),
             num_nodes=num_nodes,
             strategy=strategy,
             precision=precision,
@@ -123,7 +129,7 @@ def make_trainer(*, root: Path, accelerator: str, devices: str, precision: str, 
             plugins=[AtomicCheckpointIO()],
             **kwargs,
         )
-    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:  # TypeError: -1 on a CPU
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OodbenchError(f"this machine cannot run --accelerator {accelerator} --devices {devices} --strategy "
                             f"{strategy} --precision {precision}: {first}") from None
