@@ -25,7 +25,8 @@ On a GPU (`--device cuda`) each measurement also records the peak GPU memory of 
 (`cuda_peak_mib`: torch.cuda.max_memory_allocated: weights, gradients, Adam's moments, activations),
 the TF32 settings it ran under (`cuda_tf32`: by torch's default cuDNN convolutions run float32 work in
 TF32, so "fp32" there is what `oodbench train --precision 32-true` gets), and how far one batch's
-bits/dim under those settings lies from strict float32 (`eval.tf32.max_abs_bpd_difference`).
+bits/dim under those settings lies from strict float32 (`eval.tf32.max_abs_bpd_difference`): the float32
+that evaluation, here as in oodbench (`float32_likelihood`), always runs in.
 
 A roofline in the same run: the machine's fp32 and bf16 throughput on a matrix product (2048^3) and on
 a 3x3 convolution of Glow's hidden shape (batch 64, 128 -> 128 channels, 16x16), measured before and
@@ -45,7 +46,6 @@ load average before and after, so a noisy run can be recognised (and repeated).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -58,7 +58,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.families import build_model, model_config
 from oodbench.models.glow import Glow, GlowConfig
-from oodbench.models.module import make_optimizer
+from oodbench.models.module import float32_likelihood, make_optimizer
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
 from oodbench.runner.lightning import check_precision, tune_glibc_malloc
@@ -223,25 +223,15 @@ def cuda_tf32() -> dict[str, bool]:
     return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32), "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """float32 work in float32 on a GPU: TF32 off for cuDNN's convolutions and cuBLAS's products."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _tf32_deviation(model: LikelihoodModel, x: torch.Tensor) -> dict:
-    """The largest |bits/dim| difference, over one batch, between scoring under the current TF32 settings
-    and under strict float32, with the same index-seeded noise."""
+    """The largest |bits/dim| difference, over one batch, between scoring under the training step's TF32
+    settings (`cuda_tf32`) and in strict float32 (`float32_likelihood`, as every reported likelihood is
+    scored), with the same index-seeded noise: what scoring would lose if it let TF32 in."""
     n_dims = math.prod(x.shape[1:])
     noise = model.eval_noise(x, torch.arange(x.shape[0], device=x.device), 0)
     with torch.inference_mode():
         current = bits_per_dim(model.log_prob(x, noise), n_dims)
-        with strict_fp32():
+        with float32_likelihood(x.device):
             strict = bits_per_dim(model.log_prob(x, noise), n_dims)
     return {**cuda_tf32(), "batch_size": x.shape[0], "max_abs_bpd_difference": float((current - strict).abs().max())}
 
@@ -346,7 +336,7 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
             _reset_cuda_peak(device)
 
             def eval_step(x_eval=x_eval, context=context) -> None:
-                with context():
+                with context(), float32_likelihood(device):  # as oodbench scores: strict float32
                     model.log_prob(x_eval)
 
             rate = _rate(batch, _timed(eval_step, device, steps=steps, warmup=warmup))

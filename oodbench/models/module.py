@@ -34,9 +34,17 @@ class TrainingDiverged(OodbenchError):
 
 @contextlib.contextmanager
 def float32_likelihood(device: torch.device) -> Iterator[None]:
-    """Autocast off: the layers run in the float32 of the weights and inputs, whatever the trainer's precision."""
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
+    """Float32 arithmetic for every likelihood that is reported or compared, whatever the trainer's precision:
+    autocast off (the layers run in the float32 of the weights and inputs), and TF32 off, which torch
+    otherwise lets cuDNN use for float32 convolutions on GPUs (a 10-bit mantissa: tenths of a nat per
+    image at Glow's size). Both flags are process-wide; the previous values come back on exit."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}

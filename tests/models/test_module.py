@@ -194,3 +194,19 @@ def test_logged_bits_per_dim_of_a_28x28_set_are_per_its_784_own_dimensions():
     assert logged == pytest.approx(8 * 1024 / 784, rel=1e-6)
     module.log = lambda *args, **kwargs: None  # training_step outside a trainer
     assert module.training_step((x, index), 0).item() == pytest.approx(8 * 1024 / 784, rel=1e-6)
+
+
+def test_float32_likelihood_turns_tf32_off_and_restores_it():
+    """torch lets cuDNN run float32 convolutions in TF32 on GPUs by default; a reported likelihood must not
+    (tests/test_gpu.py checks the numbers on a GPU). The flags are process-wide: they come back on exit."""
+    from oodbench.models.module import float32_likelihood
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with float32_likelihood(torch.device("cpu")):
+            assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+            assert not torch.is_autocast_enabled("cpu")
+        assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
