@@ -182,7 +182,9 @@ def train(
     config: ConfigOpt = DEFAULT_BENCHMARKS,
     seed: SeedOpt = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train.")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after this much time.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        "--max-minutes", help="Stop this command's training after this many minutes, or at --epochs (the profile's) "
+        "if that comes first; a --resume trains for its own minutes.")] = None,
     batch_size: BatchOpt = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
     limit_train: Annotated[Optional[int], typer.Option(
@@ -231,9 +233,6 @@ def train(
         seed=seed, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, limit_train=limit_train,
         background=background, weight_decay=weight_decay, accelerator=accelerator, devices=devices,
         num_nodes=num_nodes, strategy=strategy, precision=precision, logger=logger, curve_every=curve_every))
-    if max_minutes is not None and epochs is None:
-        # A time budget alone replaces the profile's epoch count rather than racing it.
-        train_cfg = dataclasses.replace(train_cfg, epochs=None)
     model_settings = _model_settings(chosen, model, model_set)
     ood_sets = tuple(str(parse_dataset_ref(name)) for name in (curve_ood or "").split(",") if name.strip())
     from oodbench.runner import TrainRequest, train as run_training  # every name and value above is checked

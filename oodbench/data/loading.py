@@ -43,6 +43,14 @@ def resolve_root(data_root: str | Path | None) -> Path:
     return Path(data_root).expanduser()
 
 
+def canonical_root(data_root: str | Path | None) -> str:
+    """The data root as a run records and compares it: "demo", or the absolute folder it names (the default
+    resolved too), so that one folder spelt two ways ("../data", "/work/data", "~/data") is one setting."""
+    if data_root is not None and str(data_root) == DEMO:
+        return DEMO
+    return str(resolve_root(data_root).resolve())
+
+
 def _check_split(spec: DatasetSpec, split: str) -> None:
     if split not in spec.splits:
         raise OodbenchError(f"{spec.name} has no split {split!r}; valid splits: {', '.join(spec.splits)}")

@@ -1,4 +1,4 @@
-"""Lightning callbacks of the training run: the per-epoch log and the test failpoints.
+"""Lightning callbacks of the training run: the per-epoch log, `--max-minutes` and the test failpoints.
 
 `EpochLog` keeps `logs/metrics.csv`, one row per completed epoch, and the training time summed over
 every session of a run. It replaces Lightning's CSV logger, which deletes or rewrites the previous
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
 
 from oodbench import failpoints
 from oodbench.atomic import write_text
@@ -48,6 +49,16 @@ def checkpoint_progress(checkpoint: dict[str, Any]) -> tuple[int, float | None]:
     """(complete epochs, seconds trained) when `checkpoint` was saved, from `EpochLog`'s saved state."""
     state = checkpoint.get("callbacks", {}).get(EpochLog.__qualname__, {})
     return int(state.get("epochs", 0)), (float(state["seconds"]) if "seconds" in state else None)
+
+
+class SessionTimer(Timer):
+    """`--max-minutes`: Lightning's Timer (stops after the batch that uses up the budget, all DDP processes
+    together), counting this command's training only. Lightning's own restores the time of earlier
+    sessions from the checkpoint, so a `--resume` after a run that used up its minutes stopped before its
+    first step and reported success; here each command trains for the minutes it is given."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # the earlier sessions' time is EpochLog's (trained.json counts every session)
 
 
 class EpochLog(pl.Callback):

@@ -125,16 +125,19 @@ def images_among(images: ImageSet, wanted: np.ndarray, n: int | None, role: str)
                     index=images.index[chosen].contiguous(), source=images.source)
 
 
-HELD_OUT = "held-out"  # the in-test split of a run on a flat folder: the images it did not train on
+HELD_OUT = "held-out"  # the in-test split of a run on a flat folder: the images it neither trained nor validated on
 
 
-def held_out(images: ImageSet, train_index: np.ndarray, limit: int | None, run: Path) -> ImageSet:
+def held_out(images: ImageSet, used: np.ndarray, limit: int | None, run: Path) -> ImageSet:
     """The in-distribution test set of a run on a user's set whose "test" is its "train" (a flat folder, an
-    npz file): the images the run did not train on (its validation hold-out, and any beyond --limit-train)."""
-    rest = images.index.numpy()[~np.isin(images.index.numpy(), train_index)]
+    npz file): the images the run neither trained nor validated on (`used`: the indices of both), i.e. the
+    test part training left out (train.holdout) and any beyond --limit-train. Never the validation images,
+    which picked the best checkpoint and which the scores are fitted on."""
+    rest = images.index.numpy()[~np.isin(images.index.numpy(), used)]
     if len(rest) == 0:
-        raise OodbenchError(f"run {run} trained on every image of {images.name}, which has no test/ subfolder: "
-                            "nothing is left to test on; retrain with --val-size N or add a test/ subfolder")
+        raise OodbenchError(f"run {run} trained or validated on every image of {images.name}, which has no test/ "
+                            "subfolder: nothing is left to test on; retrain it (`--overwrite`: training now leaves a "
+                            "test part out), train with --limit-train, or add a test/ subfolder")
     kept = images_among(images, rest[:limit] if limit is not None else rest, None, "held out")
     return dataclasses.replace(kept, split=HELD_OUT)
 
@@ -171,7 +174,7 @@ class RunImages:
         training_split = self.load(ref.name, "train")
         source = get_dataset(ref.base).user
         if source is not None and source.shared_splits:
-            in_test = held_out(training_split, train_index, cfg.limit, self.run.root)
+            in_test = held_out(training_split, np.concatenate([train_index, val_index]), cfg.limit, self.run.root)
         else:
             in_test = self.load(ref.name, ref.split or "test", cfg.limit)
         return {"in_train": images_among(training_split, train_index, cfg.train_sample, "trained on"),

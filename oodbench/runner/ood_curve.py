@@ -64,19 +64,21 @@ def curve_on(curve_every: int | None, ood_sets: Sequence[str]) -> bool:
 
 def curve_sets(training: ImageSet, train_index: np.ndarray, dataset: DatasetRef, ood: Sequence[DatasetRef], *,
                run: Path, n: int, data_root: str | None, download: bool, match: bool = False,
+               val_index: np.ndarray | None = None,
                notify: Callable[[str], None] = lambda message: None) -> list[CurveSet]:
     """The fixed subsets the curve scores (see the module docstring); `training` is the loaded training
-    split and `train_index` the dataset indices the run trains on."""
+    split, `train_index` the dataset indices the run trains on and `val_index` those it validates on."""
     if n < 1:
         raise OodbenchError(f"the likelihood curve needs at least 1 image per set, not {n}")
     channels, size = training.shape[0], training.shape[1]
 
     def load(role: str, name: str, split: str) -> ImageSet:
         # As evaluation loads them: a user's own images at the model's channels and size (data/user.py);
-        # the in-test set of a user's set without a test/ part is the images the run does not train on.
+        # the in-test set of a user's set without a test/ part is the images it neither trains nor validates on.
         user = get_dataset(parse_dataset_ref(name).base).user
         if role == "in_test" and user is not None and user.shared_splits:
-            return held_out(training, train_index, None, run)
+            used = train_index if val_index is None else np.concatenate([train_index, val_index])
+            return held_out(training, used, None, run)
         return load_images(name, split, data_root=data_root, download=download, channels=channels, size=size)
 
     # The same seeded choice as evaluation's in-train set, so these are among the images it scores.

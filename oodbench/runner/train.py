@@ -21,6 +21,7 @@ starts from identical parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import platform
@@ -42,11 +43,12 @@ from oodbench import failpoints
 from oodbench.atomic import check_writable, write_json
 from oodbench.config import TrainConfig, to_plain
 from oodbench.data import DatasetRef, get_dataset, load_images, parse_dataset_ref
+from oodbench.data.loading import canonical_root
 from oodbench.data.perturb import perturb
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.models.families import model_config
 from oodbench.models.module import LikelihoodModule
-from oodbench.runner.callbacks import EpochLog, Failpoints, checkpoint_progress
+from oodbench.runner.callbacks import EpochLog, Failpoints, SessionTimer, checkpoint_progress
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.locking import hold_run
 from oodbench.runner.ood_curve import CURVE_IMAGES, OodCurve, curve_on, curve_sets
@@ -117,11 +119,15 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def holdout(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) positions into a split of `n` images, each sorted; see the module docstring."""
+def holdout(n: int, cfg: TrainConfig, *, test_part: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) positions into a split of `n` images, each sorted; see the module docstring.
+    `test_part`: a set that is its own test split (a flat folder, an npz file) also leaves out as many
+    images again, after the validation ones, for evaluation's in-distribution test set (evaluate.held_out):
+    the images the best checkpoint and the fitted scores are picked on are never the ones they are
+    tested on."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_val = min(cfg.val_size, n // 5)
-    rest = order[n_val:]
+    rest = order[2 * n_val:] if test_part else order[n_val:]
     n_train = min(len(rest), cfg.limit_train) if cfg.limit_train is not None else len(rest)
     if n_train < 1:
         raise OodbenchError(f"too few training images ({n}) to train on")
@@ -156,10 +162,7 @@ def _loggers(paths: RunPaths, name: str) -> list:
 def _limits(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.epochs is None and cfg.max_minutes is None:
         raise OodbenchError("give --epochs or --max-minutes (or both) to bound training")
-    limits: dict[str, Any] = {"max_epochs": cfg.epochs if cfg.epochs is not None else -1}
-    if cfg.max_minutes is not None:
-        limits["max_time"] = timedelta(minutes=cfg.max_minutes)
-    return limits
+    return {"max_epochs": cfg.epochs if cfg.epochs is not None else -1}
 
 
 def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str | None:
@@ -198,6 +201,7 @@ def _plan(request: TrainRequest, paths: RunPaths, record: RunRecord) -> str:
                                 "the run")
         return "fresh"
     old = RunRecord.read(paths.config)
+    old = dataclasses.replace(old, data_root=canonical_root(old.data_root))  # a record of an older oodbench
     difference = _first_difference(old.learning_settings(), record.learning_settings())
     if difference:
         raise OodbenchError(f"run folder {paths.root} holds a run with other settings ({difference}); pass "
@@ -206,9 +210,16 @@ def _plan(request: TrainRequest, paths: RunPaths, record: RunRecord) -> str:
         return "resume"
     budget_changed = any(old.train.get(k) != record.train.get(k) for k in BUDGET_KEYS)
     if budget_changed:
-        raise OodbenchError(f"run {paths.root} is already trained ({old.train.get('epochs')} epochs); pass --resume "
-                            "with the new --epochs/--max-minutes to train it further, or --overwrite to retrain")
+        done = _finished(paths)
+        cut = f" and {_count(done.partial_steps, 'step')} (stopped by --max-minutes)" if done.partial_steps else ""
+        raise OodbenchError(f"run {paths.root} is already trained ({_count(done.epochs, 'complete epoch')}{cut}); "
+                            "pass --resume with the new --epochs/--max-minutes to train it further, or --overwrite to "
+                            "retrain")
     return "done"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _finished(paths: RunPaths) -> TrainResult:
@@ -244,13 +255,13 @@ def _train(request: TrainRequest, paths: RunPaths, ref: DatasetRef, ood_refs: li
                             f"{spec.shape[1]}x{spec.shape[2]} as registered: drop --image-size")
     data = load_images(ref.name, ref.split or "train", data_root=request.data_root, download=request.download,
                        size=request.image_size, skip_unreadable=request.skip_unreadable)
-    train_pos, val_pos = holdout(len(data), cfg)
+    train_pos, val_pos = holdout(len(data), cfg, test_part=spec.user is not None and spec.user.shared_splits)
     train_set = TensorDataset(data.images[train_pos], data.index[train_pos])
     val_set = TensorDataset(data.images[val_pos], data.index[val_pos]) if len(val_pos) else None
     model_cfg = model_config(request.model, request.model_settings, image_shape=tuple(data.shape))
     record = RunRecord(
         model=request.model, dataset=ref.name if spec.user is not None else request.dataset, seed=cfg.seed,
-        data_root=request.data_root, data_source=data.source, data_digest=data.digest, image_shape=tuple(data.shape),
+        data_root=canonical_root(request.data_root), data_source=data.source, data_digest=data.digest, image_shape=tuple(data.shape),
         data_shape=spec.native_shape if spec.user is None else tuple(data.shape),
         n_train=len(train_set), n_val=len(val_set) if val_set else 0, model_settings=to_plain(model_cfg),
         train=to_plain(cfg), versions=versions())
@@ -278,9 +289,11 @@ def _train(request: TrainRequest, paths: RunPaths, ref: DatasetRef, ood_refs: li
         callbacks.append(best_checkpoint)
     if first_process and curve_on(cfg.curve_every, request.ood_sets):  # global zero scores the curve alone
         sets = curve_sets(data, train_set.tensors[1].numpy(), ref, ood_refs, run=paths.root, n=request.curve_images,
-                          data_root=request.data_root, download=request.download,
+                          val_index=data.index[val_pos].numpy(), data_root=request.data_root, download=request.download,
                           match=request.curve_match_channels, notify=request.notify)
         callbacks.append(OodCurve(paths.ood_curve, sets, every=cfg.curve_every, batch_size=max(cfg.batch_size, 256)))
+    if cfg.max_minutes is not None:  # whichever comes first, these minutes or the epochs
+        callbacks.append(SessionTimer(duration=timedelta(minutes=cfg.max_minutes)))
     if failpoints.armed():
         callbacks.append(Failpoints(resuming=plan == "resume"))
     # Built before anything is written: hardware this machine lacks fails here, leaving the folder as it was.

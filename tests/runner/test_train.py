@@ -96,3 +96,74 @@ def test_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
     make_trainer(root=tmp_path, accelerator="cpu", devices="1", precision="32-true", quiet=True)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     make_trainer(root=tmp_path, accelerator="cpu", devices="1", precision="bf16-mixed", quiet=True)
+
+
+def test_a_set_that_is_its_own_test_split_leaves_a_test_part_out():
+    """A flat folder's training leaves out a validation part and, after it, a test part of the same size:
+    evaluation's in-distribution test set is never the images the best checkpoint was picked on."""
+    train, val = holdout(1000, TrainConfig(val_size=100), test_part=True)
+    assert len(val) == 100 and len(train) == 800 and not set(train.tolist()) & set(val.tolist())
+    left_out = set(range(1000)) - set(train.tolist()) - set(val.tolist())
+    assert len(left_out) == 100
+    plain_train, plain_val = holdout(1000, TrainConfig(val_size=100))
+    assert torch.equal(val, plain_val) and set(train.tolist()) < set(plain_train.tolist())
+
+
+TINY = ["--limit-train", "64", "--batch-size", "32", "--quiet", "--set", "levels=2", "--set", "steps=1",
+        "--set", "hidden_channels=8"]
+
+
+def _train(args: list, capsys) -> tuple[int, str, str]:
+    from cli_runs import run_cli
+
+    return run_cli(["train", "--model", "glow", "--dataset", "fashionmnist", *TINY, *args], capsys)
+
+
+def _trained(run) -> dict:
+    import json
+
+    return json.loads((run / "trained.json").read_text())
+
+
+@pytest.mark.slow
+def test_max_minutes_keeps_the_profiles_epochs_and_a_refusal_names_what_completed(tmp_path, staged_root, capsys):
+    config = tmp_path / "benchmarks.yaml"
+    config.write_text("profiles:\n  one:\n    train: {epochs: 1}\n")
+    run = tmp_path / "run"
+    common = ["--data-root", staged_root, "--run-dir", run]
+    # A generous time budget does not replace the profile's epochs: whichever comes first.
+    code, out, err = _train([*common, "--config", config, "--profile", "one", "--max-minutes", "0.5"], capsys)
+    assert code == 0, err
+    assert _trained(run)["epochs"] == 1 and _trained(run)["partial_steps"] == 0
+    # A refused budget change names the epochs that completed, not the ones asked for.
+    code, _, err = _train([*common, "--config", config, "--profile", "one", "--max-minutes", "0.4"], capsys)
+    assert code == 2 and "already trained (1 complete epoch)" in err and "--resume" in err, err
+
+
+@pytest.mark.slow
+def test_a_resume_with_max_minutes_trains_for_its_own_minutes(tmp_path, staged_root, capsys):
+    short = ["--data-root", staged_root, "--run-dir", tmp_path / "short", "--epochs", "50", "--max-minutes", "0.01"]
+    code, _, err = _train(short, capsys)
+    assert code == 0, err
+    first = _trained(tmp_path / "short")["steps"]
+    assert 1 <= first < 50 * 2  # stopped by the minutes (2 steps an epoch)
+    code, out, err = _train([*short, "--resume"], capsys)
+    assert code == 0, err
+    assert _trained(tmp_path / "short")["steps"] > first, "the resume trained no step: the earlier session's time counted"
+
+
+@pytest.mark.slow
+def test_one_data_root_spelt_two_ways_is_the_same_run(tmp_path, staged_root, capsys, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(staged_root, tmp_path)
+    code, _, err = _train(["--data-root", relative, "--run-dir", "run", "--epochs", "1"], capsys)
+    assert code == 0, err
+    assert RunRecord.read(tmp_path / "run" / "config.yaml").data_root == str(staged_root.resolve())
+    code, out, err = _train(["--data-root", str(staged_root), "--run-dir", "run", "--epochs", "1"], capsys)
+    assert code == 0 and "already trained" in out, err
+    code, out, err = _train(["--data-root", f"{relative}/../data", "--run-dir", "run", "--epochs", "1"], capsys)
+    assert code == 0 and "already trained" in out, err
+    code, _, err = _train(["--data-root", "demo", "--run-dir", "run", "--epochs", "1"], capsys)
+    assert code == 2 and "other settings (data_root is" in err, err
