@@ -380,8 +380,8 @@ def test_piped_progress_is_one_line_per_epoch_and_a_time_budget_counts_steps(tmp
     assert [line.split(" done")[0] for line in ends] == ["epoch 1/2", "epoch 2/2"]  # counted from 1, of 2
     assert all("train_bpd" in line and "val_bpd" in line and len(line) < 100 for line in ends)
     assert "2 epochs, 8 steps" in out
-    # A time budget alone: no "Epoch 0/-2", and a cut-short epoch is not counted as one.
+    # A time budget beside the default 10 epochs: the first that comes stops; a cut-short epoch is not counted.
     code, out, err = run_cli([*args, "--max-minutes", "0.0005", "--run-dir", tmp_path / "budget"], capsys)
     assert code == 0, err
-    assert re.search(r"epoch 1 stopped after \d of 4 batches", out), out
+    assert re.search(r"epoch 1/10 stopped after \d of 4 batches", out), out
     assert re.search(r"0 complete epochs and \d steps? of epoch 1 \(stopped by --max-minutes\)", out), out
