@@ -79,6 +79,7 @@ def test_a_second_process_on_a_training_run_is_refused_and_the_first_is_unchange
             f"run folder {RUN}")
     refused(run(["score", "--run", RUN, "--images", "mnist", "--data-root", "demo"], tmp_path), first.pid,
             f"run folder {RUN}")
+    refused(run(["analyze", "--run", RUN, "--what", "curve"], tmp_path), first.pid, f"run folder {RUN}")
     refused(run([*TRAIN, "--overwrite"], tmp_path), first.pid, f"run folder {RUN}")  # deletes nothing
     finish(first)
 
