@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -37,9 +36,10 @@ from oodbench.config import (
     load_profile,
     resolve,
 )
-from oodbench.data.refs import parse_dataset_ref, parse_pair
+from oodbench.data.refs import display_name, parse_dataset_ref, parse_pair
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.names import MODELS, SCORES, check_model, parse_scores
+from oodbench.terminal import FittedTable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Do deep generative models know what they don't know? Likelihood-based OOD benchmark.")
@@ -50,6 +50,21 @@ app.add_typer(data_app, name="data")
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from oodbench import __version__  # the package's own light module: no torch
+
+        console.print(f"oodbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print oodbench's version and exit.")] = False) -> None:
+    # No docstring: the app's help (Typer(help=...)) stays the one `oodbench --help` shows.
+    pass
 
 # ---- shared options, declared once --------------------------------------------------------------
 ConfigOpt = Annotated[Path, typer.Option("--config", help="benchmarks.yaml holding the profiles.")]
@@ -73,6 +88,12 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 SkipUnreadableOpt = Annotated[bool, typer.Option(
     "--skip-unreadable", help="folder: datasets: leave out files Pillow cannot read (counted in the output) instead "
     "of stopping with the list of them.")]
+BackgroundRunOpt = Annotated[Optional[Path], typer.Option(
+    "--background-run", help="A background model of the same family and data (`train --background 0.2`), for the "
+    "likelihood ratio.")]
+MemberRunOpt = Annotated[list[Path], typer.Option(
+    "--member-run", help="Another seed of the same setup, an ensemble member for ensemble_likelihood and waic "
+    "(repeatable).")]
 RecomputeOpt = Annotated[bool, typer.Option(
     "--recompute-statistics", help="Score every set with the model again instead of reading the run's statistics "
     "cache (the cache is keyed by checkpoint, images and settings, so this is never needed for correctness).")]
@@ -124,18 +145,16 @@ def _minutes(seconds: Any) -> str:
     return f"{seconds / 60:.1f} min" if isinstance(seconds, (int, float)) and seconds == seconds else "?"
 
 
-def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """Per result: training, images per set, bits/dim per set and the likelihood score's AUROC / FPR@80%TPR."""
-    table = Table(title=title, box=box.SIMPLE_HEAD,
-                  caption="bits/dim per set (per dimension of the dataset's own image); AUROC, FPR@80%TPR of the BPD "
-                          "score (OOD = positive)")
-    table.add_column("model", no_wrap=True)
-    table.add_column("pair (in:out)", no_wrap=True)
-    for column in ("seed", "trained", "images train/test/OOD", "BPD train/test/OOD", "AUROC", "FPR80"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("OOD lower?", no_wrap=True)
+def _metrics_table(rows: list[dict[str, Any]], title: str) -> FittedTable:
+    """Per result: training, images per set, bits/dim per set and the likelihood score's AUROC / FPR@80%TPR
+    (a folder dataset by its last path component; results.csv has the path)."""
+    table = FittedTable(title=title, names=("model", "pair (in:out)", "seed"), left=("OOD lower?",),
+                        values=("trained", "images train/test/OOD", "BPD train/test/OOD", "AUROC", "FPR80", "OOD lower?"),
+                        caption="bits/dim per set (per dimension of the dataset's own image); AUROC, FPR@80%TPR of the "
+                                "BPD score (OOD = positive)")
     for row in rows:
-        table.add_row(row["model"], row["pair"], str(row["seed"]), f"{row['epochs']} ep, {_minutes(row['train_seconds'])}",
+        table.add_row(escape(row["model"]), escape(display_name(row["pair"])), str(row["seed"]),
+                      f"{row['epochs']} ep, {_minutes(row['train_seconds'])}",
                       f"{row['n_in_train']:,} / {row['n_in_test']:,} / {row['n_out_test']:,}",
                       f"{row['bpd_in_train_mean']:.3f} / {row['bpd_in_test_mean']:.3f} / {row['bpd_out_test_mean']:.3f}",
                       f"{row['auroc']:.3f}", f"{row['fpr_at_80_tpr']:.3f}",
@@ -143,23 +162,21 @@ def _metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _scores_table(rows: list[dict[str, Any]], title: str) -> Table:
+def _scores_table(rows: list[dict[str, Any]], title: str) -> FittedTable:
     """AUROC of every score (columns) per result (rows), from results rows of several scores."""
     from oodbench.scores import short_label
 
     shorts = list(dict.fromkeys(short_label(r["score"], r["score_params"]) for r in rows))
-    table = Table(title=title, box=box.SIMPLE_HEAD, caption="AUROC per score (OOD = positive; 1 = perfect, 0.5 = "
-                  "chance); typ M=k: batches of k images")
-    for column in ("model", "pair (in:out)", "seed"):
-        table.add_column(column, no_wrap=True)
-    for short in shorts:
-        table.add_column(short, justify="right", no_wrap=True)
+    table = FittedTable(title=title, names=("model", "pair (in:out)", "seed"), values=[escape(s) for s in shorts],
+                        caption="AUROC per score (OOD = positive; 1 = perfect, 0.5 = chance); typ M=k: batches of k "
+                                "images")
     by_result: dict[tuple, dict[str, float]] = {}
     for row in rows:
         key = (row["model"], row["pair"], row["seed"], row["setup"])
         by_result.setdefault(key, {})[short_label(row["score"], row["score_params"])] = row["auroc"]
     for (model, pair, seed, _), aurocs in by_result.items():
-        table.add_row(model, pair, str(seed), *(f"{aurocs[s]:.3f}" if s in aurocs else "-" for s in shorts))
+        table.add_row(escape(model), escape(display_name(pair)), str(seed),
+                      *(f"{aurocs[s]:.3f}" if s in aurocs else "-" for s in shorts))
     return table
 
 
@@ -288,12 +305,8 @@ def evaluate(
     scores: Annotated[Optional[str], typer.Option(
         "--scores", help=f"OOD scores to compute, e.g. likelihood,typicality (default: every one; valid: "
         f"{', '.join(SCORES)}). Scores the evaluation already had are kept.")] = None,
-    background_run: Annotated[Optional[Path], typer.Option(
-        "--background-run", help="A background model of the same family and data (`train --background 0.2`), for "
-        "the likelihood ratio.")] = None,
-    member_run: Annotated[list[Path], typer.Option(
-        "--member-run", help="Another seed of the same setup, an ensemble member for ensemble_likelihood and waic "
-        "(repeatable).")] = [],  # noqa: B006
+    background_run: BackgroundRunOpt = None,
+    member_run: MemberRunOpt = [],  # noqa: B006
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     accelerator: AcceleratorOpt = None,
@@ -358,6 +371,8 @@ def score(
         "--iw-samples", help="VAE only: importance samples k of the bound (default: the model's).")] = None,
     match_channels: Annotated[bool, typer.Option(
         "--match-channels", help="Convert a registered dataset to the model's channels.")] = False,
+    background_run: BackgroundRunOpt = None,
+    member_run: MemberRunOpt = [],  # noqa: B006
     data_root: DataRootOpt = None,
     skip_unreadable: SkipUnreadableOpt = False,
     quiet: QuietOpt = False,
@@ -368,7 +383,7 @@ def score(
     asked = parse_scores(scores)
     from oodbench.atomic import check_writable, write_with
     from oodbench.runner import RunPaths
-    from oodbench.runner.gate import VERDICT_OOD, GateRequest, score_images
+    from oodbench.runner.gate import VERDICT_OOD, VERDICT_UNREADABLE, GateRequest, score_images
     from oodbench.schema import RunRecord
 
     check_writable(out.parent if str(out.parent) else Path("."), "--out")
@@ -377,17 +392,19 @@ def score(
                                                                  match_channels=match_channels))
     result = score_images(GateRequest(
         run=RunPaths(run), images=images, scores=asked, by=by, accept=accept, eval=eval_cfg,
-        checkpoint=checkpoint, data_root=data_root, skip_unreadable=skip_unreadable, quiet=quiet))
+        checkpoint=checkpoint, data_root=data_root, skip_unreadable=skip_unreadable, quiet=quiet,
+        background=RunPaths(background_run) if background_run is not None else None,
+        members=tuple(RunPaths(p) for p in member_run)))
     table = result.table
     write_with(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     # On screen: bits/dim, each other score under its short heading, the verdict; the CSV has everything.
     columns = {"file": "file", "bpd": "BPD", **{label: heading for label, heading in result.headings.items()
                                                 if label != "likelihood"}, "verdict": "verdict"}
-    shown = Table(title=f"most and least typical of {len(table):,} images (by {result.headings[result.by]}; larger = "
-                  "more OOD)", box=box.SIMPLE_HEAD)
-    for column, heading in columns.items():
-        shown.add_column(heading, justify="left" if column in ("file", "verdict") else "right", no_wrap=column != "file")
-    ranked = table.sort_values(result.by, kind="stable")
+    shown = FittedTable(title=f"most and least typical of {len(table) - len(result.unreadable):,} images (by "
+                        f"{result.headings[result.by]}; "
+                        "larger = more OOD)", names=("file",), left=("verdict",),
+                        values=[escape(heading) for column, heading in columns.items() if column != "file"])
+    ranked = table[table["verdict"] != VERDICT_UNREADABLE].sort_values(result.by, kind="stable")
     ends = [ranked.head(5), ranked.tail(5)] if len(ranked) > 10 else [ranked]
     for part, frame in enumerate(ends):
         if part:
@@ -401,10 +418,16 @@ def score(
     if result.skipped and not asked:
         console.print(f"{len(result.skipped)} score variant(s) give no per-image value for this run (batch scores, "
                       f"or needing another run or family): {escape(', '.join(result.skipped))}", highlight=False)
-    flagged = int((table["verdict"] == VERDICT_OOD).sum())
+    flagged, scored = int((table["verdict"] == VERDICT_OOD).sum()), len(table) - len(result.unreadable)
+    if result.unreadable:
+        console.print(f"[yellow]{len(result.unreadable):,} file(s) could not be read and were left out (--skip-"
+                      f"unreadable): {escape(', '.join(result.unreadable[:5]))}{', ...' if len(result.unreadable) > 5 else ''}"
+                      f"; each is a row of {escape(str(out))} with the verdict {VERDICT_UNREADABLE!r}[/]", highlight=False)
+    if result.warning:
+        console.print(f"[bold yellow]warning:[/] [yellow]{escape(result.warning)}[/]", highlight=False)
     console.print(f"threshold {result.by} <= {result.threshold:.4f} accepts {result.accepted_in:.1%} of the run's "
                   f"{result.n_in:,} in-distribution test images ({escape(result.in_set)}); {flagged:,} of "
-                  f"{len(table):,} images flagged OOD; wrote {out}", highlight=False)
+                  f"{scored:,} images flagged OOD; wrote {out}", highlight=False)
 
 
 @app.command()
@@ -569,13 +592,20 @@ def _run_sweep(*, profile: str, config: Path, runs_dir: Path, out: Path, only: s
 
 
 def _plan_table(plans: list[Any], title: str) -> Table:
+    """One row per cell: its run folder's name and what the sweep does with it. Text only: every column
+    wraps, a long word (a run folder named after a user's folder) folding, so nothing is cut; pairs show a
+    folder dataset by its last path component."""
     table = Table(title=title)
-    for column in ("cell", "action", "pairs to evaluate", "skipped"):
-        table.add_column(column)
+    table.add_column("cell", overflow="fold")
+    table.add_column("action", no_wrap=True, min_width=len("evaluate"))
+    for column in ("pairs to evaluate", "skipped"):
+        table.add_column(column, overflow="fold")
     colours = {"done": "green", "skip": "yellow", "train": "cyan", "resume": "cyan", "evaluate": "cyan", "analyze": "cyan"}
     for plan in plans:
-        skipped = plan.reason if plan.action == "skip" else "; ".join(f"{p} ({why})" for p, why in plan.skipped_pairs)
-        table.add_row(plan.cell.name, f"[{colours[plan.action]}]{plan.action}[/]", ", ".join(plan.pairs), skipped)
+        skipped = plan.reason if plan.action == "skip" else "; ".join(f"{display_name(p)} ({why})"
+                                                                      for p, why in plan.skipped_pairs)
+        table.add_row(escape(plan.cell.name), f"[{colours[plan.action]}]{plan.action}[/]",
+                      escape(", ".join(display_name(p) for p in plan.pairs)), escape(skipped))
     return table
 
 

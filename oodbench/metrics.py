@@ -12,6 +12,9 @@ from scikit-learn; nothing imports a model. Conventions (PAPER.md, "Metrics conv
   the threshold that *flags* 80% of the OOD images, the fraction of in-distribution images also flagged.
 Both are read off the full ROC curve (`drop_intermediate=False`): scikit-learn's default drops
 collinear points, and with tied scores the first point reaching the TPR can then be the wrong one.
+- The AUROC's 95% interval over the images (`auroc_interval`): DeLong, DeLong & Clarke-Pearson (1988),
+  the default of R's pROC: the AUROC is a two-sample U-statistic whose variance is estimated from each
+  image's "placement" among the other set, so the interval costs two rankings, not a bootstrap.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import norm, rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 # TPRs are ratios of counts; a target such as 0.95 must match 19/20 even after float rounding.
@@ -78,6 +82,25 @@ def ood_metrics(in_scores, out_scores) -> OODMetrics:
         fpr_at_95_tpr=fpr_at_tpr(1 - is_ood, -scores, 0.95),
         fpr_at_80_tpr=fpr_at_tpr(is_ood, scores, 0.80),
     )
+
+
+def auroc_interval(in_scores, out_scores, level: float = 0.95) -> tuple[float, float]:
+    """(low, high): DeLong's `level` confidence interval of the AUROC of `out_scores` against `in_scores`
+    (OOD positive, larger = more OOD), over resampling the images of both sets; clipped to [0, 1].
+
+    Each OOD image's placement is the fraction of in-distribution images it outscores (ties count half),
+    each in-distribution image's the fraction of OOD images that outscore it; the AUROC is the mean of
+    either, and its variance var(OOD placements) / n_out + var(in placements) / n_in."""
+    s_in, s_out = _validated(in_scores, "in-distribution"), _validated(out_scores, "OOD")
+    n_in, n_out = s_in.size, s_out.size
+    ranks = rankdata(np.concatenate([s_in, s_out]))  # average ranks: ties count half
+    out_placement = (ranks[n_in:] - rankdata(s_out)) / n_in
+    in_placement = 1.0 - (ranks[:n_in] - rankdata(s_in)) / n_out
+    auroc = out_placement.mean()
+    variance = (out_placement.var(ddof=1) / n_out if n_out > 1 else 0.0) + \
+        (in_placement.var(ddof=1) / n_in if n_in > 1 else 0.0)
+    half = float(norm.ppf(0.5 + level / 2) * np.sqrt(variance))
+    return max(0.0, float(auroc) - half), min(1.0, float(auroc) + half)
 
 
 def acceptance_threshold(in_scores, accept: float) -> tuple[float, float]:

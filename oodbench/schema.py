@@ -66,7 +66,7 @@ RESULT_COLUMNS = (
     "n_params", "n_train", "epochs", "train_seconds",
     *(f"n_{s}" for s in SETS),
     *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
-    "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr",
+    "auroc", "auroc_low", "auroc_high", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr",
     "threshold", "flagged_in", "flagged_out", "ood_lower_bpd",
     "run", "checkpoint", "background_run", "members",
 )

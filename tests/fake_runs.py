@@ -21,18 +21,20 @@ TINY = {"glow": {"levels": 2, "steps": 1, "hidden_channels": 8},
         "vae": {"base_channels": 4, "latent_dim": 3, "iw_samples": 2}}
 
 
-def fake_run(root: Path, data_root: Path, *, model: str = "glow", n_train: int = 100, n_val: int = 50) -> RunPaths:
-    """A tiny untrained `model` "trained" on Fashion-MNIST train images 0..n_train-1, validated on the next n_val."""
+def fake_run(root: Path, data_root: Path, *, model: str = "glow", n_train: int = 100, n_val: int = 50, seed: int = 0,
+             background: float | None = None) -> RunPaths:
+    """A tiny untrained `model` "trained" on Fashion-MNIST train images 0..n_train-1, validated on the next n_val;
+    its weights drawn with `seed`; a background model (likelihood ratio) of rate `background` if given."""
     paths = RunPaths(root)
     settings = to_plain(model_config(model, TINY[model], image_shape=(1, 32, 32)))
-    train = to_plain(TrainConfig())
+    train = to_plain(TrainConfig(background=background))
     record = RunRecord(model=model, dataset="fashionmnist", seed=0, data_root=str(data_root), data_source="staged",
                        image_shape=(1, 32, 32), data_shape=(1, 28, 28), n_train=n_train, n_val=n_val,
                        model_settings=settings, train=train)
     paths.checkpoints.mkdir(parents=True)
     record.write(paths.config)
     write_splits(paths.splits, train_index=np.arange(n_train), val_index=np.arange(n_train, n_train + n_val))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     module = LikelihoodModule(family=model, model_settings=settings, train_settings=train, bpd_dims=record.bpd_dims)
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, paths.best)
     return paths

@@ -66,7 +66,11 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     assert metrics["bpd_dims"] == 784 and metrics["n_out_test"] == 300 and metrics["n_train"] == 256
     assert metrics["out_dataset"] == "mnist" and metrics["out_split"] == "test" and metrics["epochs"] == 1
     assert metrics["bpd_out_test_mean"] == pytest.approx(scores.loc[scores["set"] == "out_test", "bpd"].mean(), abs=1e-5)
-    assert "AUROC" in out and "MNIST test images get" in out and "Fashion-MNIST" in out
+    # The sentence follows the AUROC's interval: below 0.5 lets MNIST through, holding 0.5 is chance.
+    verdict = ("let them through" if metrics["auroc_high"] < 0.5 else "flags them" if metrics["auroc_low"] > 0.5
+               else "at chance")
+    said = " ".join(out.split())
+    assert "AUROC" in out and "MNIST test images" in said and verdict in said and "Fashion-MNIST" in said, said
 
     results = tmp_path / "results"
     code, out, err = run_cli(["report", "--runs", trained_run.parent, "--out", results], capsys)
@@ -76,7 +80,7 @@ def test_evaluate_then_report_end_to_end(trained_run, staged_root, tmp_path, cap
     assert table.loc[0, "unit"] == "bits/dim" and table.loc[0, "pair"] == "fashionmnist:mnist"
     report_md = (results / "results.md").read_text()
     assert report_md.startswith("# oodbench results")
-    assert "MNIST test images get" in report_md.split("## Findings")[1].split("##")[0]
+    assert verdict in " ".join(report_md.split("## Findings")[1].split("##")[0].split())
     glance = report_md.split("## At a glance")[1].split("##")[0]
     assert "| family " in glance and "fashionmnist:mnist" in glance and "| glow " in glance
     assert "200 / 300 / 300" in report_md.split("## Per run")[1]  # images per set

@@ -119,3 +119,35 @@ def test_acceptance_threshold_accepts_at_least_the_rate_asked_for():
     assert acceptance_threshold([1.0, 1.0, 1.0, 2.0], 0.5) == (1.0, 0.75)
     with pytest.raises(ValueError, match="must be in"):
         acceptance_threshold(scores, 0.0)
+
+
+def test_auroc_interval_of_a_hand_computed_case():
+    # in [1, 2, 3], OOD [2, 4]: OOD placements (in-distribution images each outscores, ties half) 1.5/3, 3/3;
+    # in-distribution placements (OOD images outscoring each) 2/2, 1.5/2, 1/2. AUROC 0.75; variance
+    # var(0.5, 1)/2 + var(1, 0.75, 0.5)/3 = 0.0625 + 0.0208333 = 0.0833333; 1.959964 x 0.288675 = 0.565792.
+    from oodbench.metrics import auroc_interval
+
+    low, high = auroc_interval([1, 2, 3], [2, 4])
+    assert low == pytest.approx(0.75 - 0.565792, abs=1e-6) and high == 1.0  # clipped at 1
+
+
+def test_auroc_interval_agrees_with_a_bootstrap_and_covers_the_true_auroc():
+    from scipy import stats
+
+    from oodbench.metrics import auroc_interval
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 400), rng.normal(0.3, 1, 400)
+
+    def auroc(x_in, x_out, axis=-1):
+        return np.mean(x_out[..., None, :] > x_in[..., :, None], axis=(-2, -1))  # no ties in continuous draws
+
+    boot = stats.bootstrap((a, b), auroc, n_resamples=2000, method="percentile", vectorized=True, random_state=0)
+    low, high = auroc_interval(a, b)
+    assert low == pytest.approx(boot.confidence_interval.low, abs=0.01)
+    assert high == pytest.approx(boot.confidence_interval.high, abs=0.01)
+    # Coverage: two normals 0.3 apart have AUROC Phi(0.3 / sqrt 2); 95% intervals hold it ~95% of the time.
+    truth = stats.norm.cdf(0.3 / np.sqrt(2))
+    covered = [low <= truth <= high for low, high in (
+        auroc_interval(rng.normal(0, 1, 150), rng.normal(0.3, 1, 150)) for _ in range(400))]
+    assert 0.92 <= np.mean(covered) <= 0.98

@@ -11,18 +11,24 @@ case, take no "@split" (a folder's train/ and test/ subfolders are its splits) a
 
 Parsing imports neither torch nor the dataset registry: names, channels and splits come from their light
 list (`oodbench/names.py`), and a user's own images' path from `user_source.py`, so the CLI answers a
-misspelt dataset, a malformed pair or a missing folder at once.
+misspelt dataset, a malformed pair or a missing folder at once. `display_name` is the short form the
+terminal's tables and the report's figures show ("cifar10:folder:…/my_ood").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from oodbench import names
 from oodbench.data.user_source import is_user_name, parse_user
 from oodbench.errors import OodbenchError
 
 GRAY = "gray"
+DISPLAY_CHARS = 40  # the longest folder or file name tables and figures show whole
+# A user's images inside a reference or a pair: the kind, then the path up to the next ':' (paths hold none).
+_USER_PATH = re.compile(rf"(?<![^:])({'|'.join(names.USER_KINDS)}):([^:]+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -101,3 +107,20 @@ def parse_pair(text: str) -> Pair:
     if pending_gray or pending_user is not None or len(refs) != 2:
         raise malformed
     return Pair(parse_dataset_ref(refs[0]), parse_dataset_ref(refs[1]))
+
+
+def display_name(text: str) -> str:
+    """A dataset reference, pair or run's dataset as tables and figures show it: each folder:/npz: path
+    shortened to its last component, "cifar10:folder:/home/me/data/my_images" -> "cifar10:folder:…/my_images",
+    and a component longer than `DISPLAY_CHARS` to its two ends around "…" (result files keep the whole
+    path). Pure text: nothing is parsed or checked, so any row's name works."""
+
+    def shorten(match: re.Match[str]) -> str:
+        path = PurePath(match[2])
+        if not path.name:
+            return match[0]
+        half = (DISPLAY_CHARS - 1) // 2
+        name = path.name if len(path.name) <= DISPLAY_CHARS else f"{path.name[:half]}…{path.name[-half:]}"
+        return f"{match[1]}:{path.with_name(name)}" if len(path.parts) <= 2 else f"{match[1]}:…/{name}"
+
+    return _USER_PATH.sub(shorten, text)

@@ -5,7 +5,9 @@ folder (runner/analyze.py) and the training's `logs/ood_curve.csv`, gathered, dr
   `decomposition.csv`, a figure per (run, pair) from its evaluation's scores.csv, and one sentence each
   (analysis/decomposition.py's `decomposition_finding`);
 - second order (Section 5): every `second_order_<pair>.csv` into `second_order.csv` and one figure of the
-  predictions against the measured gaps, with a table saying where the signs agree;
+  predictions against the measured gaps, with a table saying where the signs agree and a paragraph reading
+  its numbers (`second_order_reading`: which way each gap points, in bits/dim and nats, and how the
+  predictions compare with the measured gap);
 - the likelihood over training ("early stopping does not help"): a figure per run with a curve, and
   whether every OOD set stays below the in-distribution test set at every point (`early_stopping_finding`).
 `run_figures` draws the same figures into a run's own `analysis/` folder (`oodbench analyze`).
@@ -13,6 +15,7 @@ folder (runner/analyze.py) and the training's `logs/ood_curve.csv`, gathered, dr
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +24,9 @@ import pandas as pd
 
 from oodbench.analysis.decomposition import PRIOR, TOTAL, VOLUME, decomposition_finding
 from oodbench.atomic import write_with
-from oodbench.report.analysis_figures import decomposition_figure, ood_curve_figure, second_order_figure
+from oodbench.report.analysis_figures import PREDICTIONS, decomposition_figure, ood_curve_figure, second_order_figure
 from oodbench.data import parse_pair
+from oodbench.data.refs import display_name
 from oodbench.runner.analyze import evaluation_scores
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.ood_curve import early_stopping_finding, read_curve
@@ -94,10 +98,57 @@ def second_order_markdown(rows: pd.DataFrame) -> str:
                 entry[heading] = row.get(column, np.nan)
         measured = _sign(row.get("measured_gap_bpd", np.nan))
         entry["signs agree (closed / diag / full)"] = " / ".join(
-            "yes" if _sign(row.get(c, np.nan)) == measured else "no"
-            for c in ("closed_form_bpd", "diag_term_bpd", "covariance_bpd"))
+            "-" if _finite(row, c) is None else "yes" if _sign(row[c]) == measured else "no"
+            for c in ("closed_form_bpd", "diag_term_bpd", "covariance_bpd"))  # "-": not computed for this row
         table.append(entry)
     return pd.DataFrame(table).to_markdown(index=False, floatfmt=".3f")
+
+
+def _finite(row: dict, column: str) -> float | None:
+    value = row.get(column, np.nan)
+    return float(value) if isinstance(value, numbers.Real) and np.isfinite(value) else None
+
+
+def _gap_words(bpd: float, row: dict, column: str) -> str:
+    """"likelier by 0.95 bits/dim (+2,021 nats)": which way a BPD(q) - BPD(p*) gap points, its size, and
+    the same gap as the paper's E_q[log p] - E_p*[log p] per image where the row has it in nats."""
+    if bpd == 0:
+        return "as likely (a gap of 0 bits/dim)"
+    nats = _finite(row, column.removesuffix("_bpd") + "_nats")
+    in_nats = "" if nats is None else f" ({nats:+,.0f} nats)" if 100 <= abs(nats) < 1e6 else f" ({nats:+.3g} nats)"
+    return f"{'likelier' if bpd < 0 else 'less likely'} by {abs(bpd):.3g} bits/dim{in_nats}"
+
+
+def second_order_reading(rows: pd.DataFrame) -> str:
+    """The second-order table in words, from its numbers: the sign convention, then per (run, pair) which
+    way the measured gap points and whether each prediction points the same way, and how large it is
+    against the measured gap (the paper's Section 5 predicts the sign; a size orders of magnitude off is
+    the closed form's assumptions failing on a trained model)."""
+    sentences = [
+        "Reading the table: a negative entry means q, the OOD set, gets fewer bits/dim than the training images "
+        "p*, i.e. a higher likelihood (the paper's failure); in the paper's nats per image, "
+        "E_q[log p] - E_p*[log p] = -D ln 2 x the entry, positive when q is likelier."]
+    for row in rows.to_dict("records"):
+        measured = _finite(row, "measured_gap_bpd")
+        if measured is None:
+            continue
+        seed = f" (seed {row['seed']})" if _finite(row, "seed") is not None else ""
+        q = display_name(str(row["q_set"])) if isinstance(row.get("q_set"), str) else "the OOD set"
+        parts = []
+        for column, (_, name, _, _) in PREDICTIONS.items():
+            predicted = _finite(row, column)
+            if predicted is None:
+                continue
+            agree = "the measured sign" if _sign(predicted) == _sign(measured) else "the opposite sign"
+            if measured:
+                size = abs(predicted) / abs(measured)
+                agree += f", {size:.2f}x" if 0.01 <= size < 100 else f", {size:.0e}x"
+                agree += " the measured size"
+            parts.append(f"{name} predicts it {_gap_words(predicted, row, column)}: {agree}")
+        predictions = f"; {'; '.join(parts)}" if parts else ""
+        sentences.append(f"{row['model']}{seed}, {display_name(str(row['pair']))}: measured, {q} is "
+                         f"{_gap_words(measured, row, 'measured_gap_bpd')}{predictions}.")
+    return " ".join(sentences)
 
 
 def _second_order(runs: list[Path], out_dir: Path | None, found: Analyses) -> None:
@@ -118,7 +169,7 @@ def _second_order(runs: list[Path], out_dir: Path | None, found: Analyses) -> No
         "CV-Glow the paper's closed form -1/(2 sigma^2) sum_c alpha_c^2 sum_hw (var_q - var_p*). All in bits/dim of "
         "BPD(q) - BPD(p*) (negative: q rated likelier); the variance terms in the paper's units (pixels in [0, 1]; it "
         "reports CIFAR-10 vs SVHN as 12.3 / 6.5 / 14.5 for p* - q). `second_order.csv` has every term in nats too.",
-        "", second_order_markdown(rows), *lines, ""]
+        "", second_order_markdown(rows), "", second_order_reading(rows), *lines, ""]
 
 
 def curve_sentence(curve: pd.DataFrame) -> str:

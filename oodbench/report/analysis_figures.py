@@ -12,7 +12,9 @@
 Each `*_plot` returns the matplotlib figure (titles, labels and legends can be checked); each
 `*_figure` draws it and writes it atomically with `figures.save_figure`. Every figure names the model,
 seed and pair or dataset, what is plotted and its units, and the number of images of every set;
-line styles and markers differ, not only colours, so a grey print reads.
+line styles and markers differ, not only colours, so a grey print reads. Names are `display_name`s (a
+folder dataset by its last path component) and `figures.layout` rewraps a title or legend wider than the
+figure, so none is clipped at its edge.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from oodbench.analysis.decomposition import CONSTANT_STD_BPD, PRIOR, VOLUME, term_contributions  # noqa: E402
+from oodbench.data.refs import display_name  # noqa: E402
 from oodbench.errors import OodbenchError  # noqa: E402
-from oodbench.report.figures import COLOURS, save_figure  # noqa: E402
+from oodbench.report.figures import COLOURS, layout, save_figure  # noqa: E402
 from oodbench.schema import SET_ROLES, ood_gets_lower_bpd  # noqa: E402
 
 LINESTYLES = {"in_train": "-", "in_test": "--", "out_test": ":"}
@@ -50,7 +53,7 @@ SYMLOG_RANGE = 100.0  # values spanning more than this factor get symmetric-log 
 
 
 def _title(row: dict[str, Any], dataset_key: str = "in_dataset") -> str:
-    return f"{row['model']} trained on {row[dataset_key]} (seed {row['seed']})"
+    return f"{row['model']} trained on {display_name(row[dataset_key])} (seed {row['seed']})"
 
 
 # --- the decomposition (Figure 3) -----------------------------------------------------------------------
@@ -71,7 +74,7 @@ def decomposition_plot(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
         handles, labels = [], []
         for name in sets:
             subset = parts[parts["set"] == name]
-            labels.append(f"{subset['dataset'].iloc[0]} {subset['split'].iloc[0]} ({SET_ROLES[name]}, "
+            labels.append(f"{display_name(subset['dataset'].iloc[0])} {subset['split'].iloc[0]} ({SET_ROLES[name]}, "
                           f"n={len(subset):,}; mean {subset[term].mean():.3f})")
             style = {"color": COLOURS[name], "linestyle": LINESTYLES[name]}
             # a line, not a patch, in the legend: it shows the line style, so a grey print tells sets apart
@@ -93,10 +96,9 @@ def decomposition_plot(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
         ax.set_xlabel(f"contribution to bits/dim (D = {int(row['bpd_dims']):,}; lower = likelier)", fontsize=FONT + 1)
         ax.tick_params(labelsize=FONT)
         ax.legend(handles, labels, fontsize=FONT, loc="upper left" if constant else "best")
-    fig.suptitle(f"{_title(row)}: {row['pair']}\nbits/dim = prior term + volume term + dequantization constant "
-                 f"(Nalisnick et al. 2019, Fig. 3)", fontsize=FONT + 2)
-    fig.tight_layout()
-    return fig
+    fig.suptitle(f"{_title(row)}: {display_name(row['pair'])}\nbits/dim = prior term + volume term + dequantization "
+                 f"constant (Nalisnick et al. 2019, Fig. 3)", fontsize=FONT + 2)
+    return layout(fig)
 
 
 def decomposition_figure(scores: pd.DataFrame, row: dict[str, Any], out_png: Path) -> Path:
@@ -108,7 +110,7 @@ def decomposition_figure(scores: pd.DataFrame, row: dict[str, Any], out_png: Pat
 
 def _point_label(row: dict[str, Any]) -> str:
     seed = f", seed {row['seed']}" if "seed" in row else ""
-    return f"{row['pair']} ({row['model']}{seed})"
+    return f"{display_name(row['pair'])} ({row['model']}{seed})"
 
 
 def _axis(values: np.ndarray) -> tuple[float, float | None]:
@@ -179,8 +181,7 @@ def second_order_plot(rows: Sequence[dict[str, Any]]) -> plt.Figure:
     ax.set_title(f"Second-order expansion (Nalisnick et al. 2019, Sec. 5): {len(rows)} (run, pair) row(s)\n"
                  f"p* = training images, q = the pair's OOD images{note}", fontsize=FONT + 1)
     ax.legend(fontsize=FONT, loc="upper left", bbox_to_anchor=(0.0, 0.93))
-    fig.tight_layout()
-    return fig
+    return layout(fig)
 
 
 def second_order_figure(rows: Sequence[dict[str, Any]], out_png: Path) -> Path:
@@ -211,7 +212,7 @@ def ood_curve_plot(curve: pd.DataFrame, row_info: dict[str, Any]) -> plt.Figure:
             colour, style = COLOURS.get(role, "black"), LINESTYLES.get(role, "-")
         counts = sorted(set(frame["n"].astype(int)))
         n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}-{counts[-1]:,}"
-        label = f"{dataset} {split} ({CURVE_ROLES.get(role, role)}, n={n})"
+        label = f"{display_name(dataset)} {split} ({CURVE_ROLES.get(role, role)}, n={n})"
         step, mean = frame["step"].to_numpy(), frame["bpd_mean"].to_numpy(float)
         stderr = frame["bpd_std"].to_numpy(float) / np.sqrt(np.maximum(frame["n"].to_numpy(float), 1))
         ax.plot(step, mean, color=colour, linestyle=style, marker=MARKERS[i % len(MARKERS)], markersize=4,
@@ -220,7 +221,7 @@ def ood_curve_plot(curve: pd.DataFrame, row_info: dict[str, Any]) -> plt.Figure:
         if role == "ood" and in_test is not None:
             both = in_test.merge(frame, on="step", suffixes=("_in", "_out"))
             lower = sum(ood_gets_lower_bpd(a, b) for a, b in zip(both["bpd_mean_in"], both["bpd_mean_out"], strict=True))
-            verdicts.append(f"{dataset} {split} at {lower}/{len(both)} points")
+            verdicts.append(f"{display_name(dataset)} {split} at {lower}/{len(both)} points")
     ax.set_xlabel("optimizer step", fontsize=FONT + 1)
     ax.set_ylabel("mean bits/dim (bands: +-1 s.e.)", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
@@ -229,8 +230,7 @@ def ood_curve_plot(curve: pd.DataFrame, row_info: dict[str, Any]) -> plt.Figure:
     verdict = "".join(f"\n{line}" for line in ["OOD mean bits/dim below the in-distribution test set's:", *lines]) if lines else ""
     ax.set_title(f"{_title(row_info, 'dataset')}: bits/dim over training{verdict}", fontsize=FONT + 2)
     ax.legend(fontsize=FONT)
-    fig.tight_layout()
-    return fig
+    return layout(fig)
 
 
 def ood_curve_figure(curve: pd.DataFrame, row_info: dict[str, Any], out_png: Path) -> Path:

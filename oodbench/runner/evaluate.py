@@ -21,7 +21,6 @@ Writes, atomically, into the run's `eval/<in>_vs_<out>/` folder:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -37,12 +36,12 @@ from oodbench.atomic import check_writable, write_json, write_with, write_yaml
 from oodbench.config import EvalConfig, to_plain
 from oodbench.data import DatasetRef, ImageSet, Pair, get_dataset, load_images, match_channels, parse_pair
 from oodbench.errors import Interrupted, OodbenchError
-from oodbench.metrics import ood_metrics
+from oodbench.metrics import auroc_interval, ood_metrics
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import checkpoint_progress
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.lightning import read_checkpoint
-from oodbench.runner.locking import hold_evaluation, hold_run
+from oodbench.runner.locking import hold_evaluation, hold_runs
 from oodbench.runner.statistics import set_statistics
 from oodbench.schema import (
     FIT_SET,
@@ -253,7 +252,9 @@ def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: l
             continue
         row = {**base, "score": variant.name, "score_params": variant.params_text,
                "fit_set": fit_set, "units_in": len(in_scores), "units_out": len(out_scores),
-               **ood_metrics(in_scores, out_scores).as_dict(), "threshold": fitted.threshold,
+               **ood_metrics(in_scores, out_scores).as_dict(),
+               **dict(zip(("auroc_low", "auroc_high"), auroc_interval(in_scores, out_scores), strict=True)),
+               "threshold": fitted.threshold,
                "flagged_in": _flagged(in_scores, fitted.threshold), "flagged_out": _flagged(out_scores, fitted.threshold)}
         rows.append(row)
         if variant.per_sample:
@@ -313,6 +314,25 @@ def _earlier_scores(folder: Path, setup: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class CompanionRuns:
+    """The other runs whose statistics of the same images some scores need (scores/companions.py), for
+    `run`: a background model (likelihood ratio) and the other members of an ensemble (other seeds);
+    scored with `eval`'s settings from their `checkpoint` (best or last), as `run` is. `evaluate` and the
+    gate (`oodbench score`) both join them with `join_companions`."""
+
+    run: RunPaths
+    background: RunPaths | None = None
+    members: tuple[RunPaths, ...] = ()
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: str = "best"
+    recompute: bool = False
+
+    @property
+    def all(self) -> tuple[RunPaths, ...]:
+        return (*filter(None, [self.background]), *self.members)
+
+
+@dataclass(frozen=True)
 class Companion:
     """Another run scored on this evaluation's sets: its module, checkpoint and record."""
 
@@ -322,11 +342,11 @@ class Companion:
     record: RunRecord
 
 
-def _companion(paths: RunPaths, record: RunRecord, request: EvalRequest, role: str) -> Companion:
+def _companion(paths: RunPaths, record: RunRecord, runs: CompanionRuns, role: str) -> Companion:
     """The run in `paths` as this run's `role` ("background" or "member"), checked to be comparable."""
     other = RunRecord.read(paths.config)
     flag = "--background-run" if role == "background" else "--member-run"
-    if Path(paths.root).resolve() == Path(request.run.root).resolve():
+    if Path(paths.root).resolve() == Path(runs.run.root).resolve():
         raise OodbenchError(f"{flag} {paths.root} is the run being evaluated; pass another run")
     if (other.model, other.dataset, tuple(other.image_shape), other.bpd_dims) != (
             record.model, record.dataset, tuple(record.image_shape), record.bpd_dims):
@@ -336,13 +356,13 @@ def _companion(paths: RunPaths, record: RunRecord, request: EvalRequest, role: s
         raise OodbenchError(f"--background-run {paths.root} is not a background model; train one with "
                             f"`oodbench train --model {record.model} --dataset {record.dataset} --background 0.2`")
     if role == "member" and (other.background is not None or other.setup() != record.setup()):
-        raise OodbenchError(f"--member-run {paths.root} is not the same setup as {request.run.root} with another seed "
+        raise OodbenchError(f"--member-run {paths.root} is not the same setup as {runs.run.root} with another seed "
                             "(its settings differ); an ensemble's members differ only in their seed")
-    checkpoint = paths.checkpoint(request.checkpoint)
+    checkpoint = paths.checkpoint(runs.checkpoint)
     module, _ = load_module(checkpoint)
-    module.noise_seed = request.eval.noise_seed
-    if request.eval.iw_samples is not None:
-        set_iw_samples(module, request.eval.iw_samples, other)
+    module.noise_seed = runs.eval.noise_seed
+    if runs.eval.iw_samples is not None:
+        set_iw_samples(module, runs.eval.iw_samples, other)
     return Companion(paths=paths, module=module, checkpoint=checkpoint, record=other)
 
 
@@ -355,29 +375,29 @@ def compared_sets(variants: list[Score], fit_set: str) -> tuple[str, ...]:
     return ("in_test", "out_test", *((fit_set,) if fitted else ()))
 
 
-def _join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], request: EvalRequest,
-                     record: RunRecord, quiet: bool, only: tuple[str, ...] | None = None,
-                     ) -> tuple[dict[str, pd.DataFrame], str | None]:
+def join_companions(stats: dict[str, pd.DataFrame], sets: dict[str, ImageSet], runs: CompanionRuns,
+                    record: RunRecord, quiet: bool, only: tuple[str, ...] | None = None,
+                    ) -> tuple[dict[str, pd.DataFrame], str | None]:
     """`stats` with the background model's and the ensemble members' statistics of the same images
     joined on (computed, or read from each companion's own statistics cache) for the sets `only` (None:
     all); and the ensemble's seeds ("0,1,2", the run's own among them; None without members)."""
-    cfg = request.eval
+    cfg = runs.eval
     scored = {name: images for name, images in sets.items() if only is None or name in only}
 
     def statistics_of(companion: Companion) -> dict[str, pd.DataFrame]:
         found, _, _ = set_statistics(companion.module, scored, cfg, paths=companion.paths,
                                      checkpoint=companion.checkpoint, bpd_dims=record.bpd_dims, quiet=quiet,
-                                     recompute=request.recompute)
+                                     recompute=runs.recompute)
         return found
 
     joined, seeds = dict(stats), None
     try:
-        if request.background is not None:
-            background = statistics_of(_companion(request.background, record, request, "background"))
+        if runs.background is not None:
+            background = statistics_of(_companion(runs.background, record, runs, "background"))
             joined = {name: join_background(frame, background[name]) if name in scored else frame
                       for name, frame in joined.items()}
-        if request.members:
-            companions = [_companion(p, record, request, "member") for p in request.members]
+        if runs.members:
+            companions = [_companion(p, record, runs, "member") for p in runs.members]
             members = [statistics_of(companion) for companion in companions]
             joined = {name: join_members(frame, [stats[name], *(m[name] for m in members)]) if name in scored
                       else frame for name, frame in joined.items()}
@@ -397,11 +417,13 @@ def set_iw_samples(module: LikelihoodModule, k: int, record: RunRecord) -> None:
 def evaluate(request: EvalRequest) -> EvalResult:
     pair = parse_pair(request.pair)
     folder = request.run.eval_dir(str(pair.in_ref), str(pair.out_ref))
-    with contextlib.ExitStack() as held:  # runner/locking.py
-        for paths in (request.run, *filter(None, [request.background]), *request.members):
-            held.enter_context(hold_run(paths, shared=True))  # no `train` may change them while they are read
-        held.enter_context(hold_evaluation(request.run, folder))
+    with hold_runs(request.run, companion_runs(request).all), hold_evaluation(request.run, folder):
         return _evaluate(request, pair, folder)
+
+
+def companion_runs(request: EvalRequest) -> CompanionRuns:
+    return CompanionRuns(run=request.run, background=request.background, members=request.members, eval=request.eval,
+                         checkpoint=request.checkpoint, recompute=request.recompute)
 
 
 def _evaluate(request: EvalRequest, pair: Pair, folder: Path) -> EvalResult:
@@ -425,8 +447,8 @@ def _evaluate(request: EvalRequest, pair: Pair, folder: Path) -> EvalResult:
                                                  bpd_dims=record.bpd_dims, quiet=request.quiet,
                                                  recompute=request.recompute, extras=extras,
                                                  extra_sets=compared_sets(variants, fit_set))
-        stats, members = _join_companions(stats, sets, request, record, request.quiet,
-                                          only=compared_sets(variants, fit_set))
+        stats, members = join_companions(stats, sets, companion_runs(request), record, request.quiet,
+                                         only=compared_sets(variants, fit_set))
     except Interrupted as stop:
         stop.detail = f"nothing new was written to {folder}; rerun the same command to score it"
         raise

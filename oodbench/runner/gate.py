@@ -7,8 +7,12 @@ acceptance rate: `accept=0.95` is the threshold that accepts 95% of the run's in
 images (`metrics.acceptance_threshold`), on the score named by `by`. Everything is scored in float32
 through the same statistics cache as `evaluate`, so the run's own sets are scored once.
 
-Scores that need another run (a background model, ensemble members) or that score batches of images
-(typicality with M > 1) give no per-image verdict here; they are listed as skipped with why.
+Scores that need another run get it as `evaluate` does: `background` (a background model, for the
+likelihood ratio) and `members` (other seeds, for the ensemble's scores); without them, and for scores
+of batches of images (typicality with M > 1), they give no per-image value and are listed as skipped with
+why. A verdict by a score that is known to fail as a gate (the raw likelihood, Nalisnick et al. 2019)
+comes with that warning. Files of a folder that could not be read (`skip_unreadable`) are rows too, with
+the verdict "unreadable" and no scores, so that nothing is dropped without a trace.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from oodbench.data import ImageSet, parse_dataset_ref
 from oodbench.data.user import KINDS, image_files, is_user_name, parse_user
 from oodbench.errors import OodbenchError
 from oodbench.metrics import acceptance_threshold
-from oodbench.runner.evaluate import RunImages, load_module, set_iw_samples
+from oodbench.runner.evaluate import CompanionRuns, RunImages, join_companions, load_module, set_iw_samples
 from oodbench.runner.layout import RunPaths
-from oodbench.runner.locking import hold_run
+from oodbench.runner.locking import hold_runs
 from oodbench.runner.statistics import set_statistics
 from oodbench.schema import FIT_SET, RunRecord
-from oodbench.scores import score_variants
+from oodbench.scores import SCORES, score_variants
 
-VERDICT_IN, VERDICT_OOD = "in-distribution", "OOD"
+VERDICT_IN, VERDICT_OOD, VERDICT_UNREADABLE = "in-distribution", "OOD", "unreadable"
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,13 @@ class GateRequest:
     download: bool = False
     skip_unreadable: bool = False
     quiet: bool = False
+    background: RunPaths | None = None  # a background model of the run's family and data (likelihood ratio)
+    members: tuple[RunPaths, ...] = ()  # other seeds of the run's setup (ensemble likelihood, WAIC)
 
 
 @dataclass(frozen=True)
 class GateResult:
-    table: pd.DataFrame  # one row per image: file, index, bpd, each score, verdict
+    table: pd.DataFrame  # one row per image: file, index, bpd, each score, verdict (unreadable files too)
     by: str  # the label of the score giving the verdict
     threshold: float
     accepted_in: float  # the fraction of the in-distribution test images the threshold accepts
@@ -59,6 +65,8 @@ class GateResult:
     in_set: str  # e.g. "cifar10 test"
     skipped: dict[str, str]  # score label -> why it gives no per-image value here
     headings: dict[str, str]  # score label -> its short table heading ("typ M=1")
+    unreadable: tuple[str, ...] = ()  # files left out because they could not be read (skip_unreadable)
+    warning: str | None = None  # why the score giving the verdict is a poor gate, if it is known to be one
 
 
 def images_ref(text: str) -> str:
@@ -73,15 +81,19 @@ def images_ref(text: str) -> str:
     return text  # a registered dataset name; an unknown one is an error naming the valid ones
 
 
-def _file_names(images: ImageSet, index: np.ndarray) -> list[str]:
-    """Each image's file (relative to its folder) or, for an npz, an array or a registered set, "#<index>"."""
+def _file_names(images: ImageSet) -> tuple[list[str], list[str]]:
+    """(each image's name, the files left out as unreadable): a folder's files relative to it (an image's
+    index is its file's position, so the positions no image has are the files that could not be read);
+    for an npz, an array or a registered set, "#<index>" and none."""
     base = images.name.removeprefix("gray:")
     source = parse_user(base) if is_user_name(base) else None
+    index = images.index.numpy()
     if source is not None and source.kind == KINDS[0]:
         root = source.where(images.split)
-        files = image_files(root)
-        return [files[i].relative_to(root).as_posix() for i in index]
-    return [f"#{i}" for i in index]
+        files = [path.relative_to(root).as_posix() for path in image_files(root)]
+        read = set(index.tolist())
+        return [files[i] for i in index], [name for i, name in enumerate(files) if i not in read]
+    return [f"#{i}" for i in index], []
 
 
 def score_images(request: GateRequest) -> GateResult:
@@ -96,8 +108,13 @@ def gate(request: GateRequest, images: ImageSet) -> GateResult:
     """Score `images` with the run and give each a verdict (`request.images` is only their name here)."""
     if not 0.0 < request.accept <= 1.0:
         raise OodbenchError(f"--accept {request.accept}: the acceptance rate must be in (0, 1], e.g. 0.95")
-    with hold_run(request.run, shared=True):  # no `train` may change the run while it scores (runner/locking.py)
+    with hold_runs(request.run, _companions(request).all):  # no `train` may change them meanwhile
         return _gate(request, images)
+
+
+def _companions(request: GateRequest) -> CompanionRuns:
+    return CompanionRuns(run=request.run, background=request.background, members=request.members, eval=request.eval,
+                         checkpoint=request.checkpoint)
 
 
 def _gate(request: GateRequest, images: ImageSet) -> GateResult:
@@ -114,9 +131,10 @@ def _gate(request: GateRequest, images: ImageSet) -> GateResult:
     sets = {fit_set: own[fit_set], "in_test": own["in_test"], "images": new}
     stats, _, _ = set_statistics(module, sets, request.eval, paths=request.run, checkpoint=checkpoint,
                                  bpd_dims=record.bpd_dims, quiet=request.quiet)
+    stats, _ = join_companions(stats, sets, _companions(request), record, request.quiet)
     columns = set(stats["images"].columns)
-    table = pd.DataFrame({"file": _file_names(new, new.index.numpy()), "index": new.index.numpy(),
-                          "bpd": stats["images"]["bpd"].to_numpy()})
+    names, unreadable = _file_names(new)
+    table = pd.DataFrame({"file": names, "index": new.index.numpy(), "bpd": stats["images"]["bpd"].to_numpy()})
     skipped: dict[str, str] = {}
     in_test_scores: dict[str, np.ndarray] = {}
     headings: dict[str, str] = {}
@@ -137,7 +155,13 @@ def _gate(request: GateRequest, images: ImageSet) -> GateResult:
                             f"{f' ({why})' if why else ''}; pick one of {', '.join(in_test_scores)}")
     threshold, accepted = acceptance_threshold(in_test_scores[by], request.accept)
     table["verdict"] = np.where(table[by].to_numpy() <= threshold, VERDICT_IN, VERDICT_OOD)
+    if unreadable:  # a row each, no scores: the CSV accounts for every file of the folder
+        table = pd.concat([table, pd.DataFrame({"file": unreadable, "verdict": VERDICT_UNREADABLE})], ignore_index=True)
     in_test = own["in_test"]
+    fails = SCORES.get(by.partition("(")[0])[0].fails_as_gate
+    warning = (f"--by {request.by}: a poor gate, known to fail: {fails}; pass --by with a score that separates your "
+               "sets in `oodbench evaluate` (e.g. input_complexity, or likelihood_ratio with --background-run)"
+               if fails else None)
     return GateResult(table=table, by=by, threshold=threshold, accepted_in=accepted, n_in=len(in_test),
-                      in_set=f"{in_test.name} {in_test.split}", skipped=skipped,
-                      headings=headings)
+                      in_set=f"{in_test.name} {in_test.split}", skipped=skipped, headings=headings,
+                      unreadable=tuple(unreadable), warning=warning)

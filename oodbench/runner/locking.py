@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Iterator
 
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -40,6 +41,16 @@ def hold_run(paths: RunPaths, *, shared: bool) -> contextlib.AbstractContextMana
     if shared:
         RunRecord.read(paths.config)
     return hold(paths.root, label=f"run folder {paths.root}", shared=shared, enabled=_first_process())
+
+
+@contextlib.contextmanager
+def hold_runs(run: RunPaths, companions: tuple[RunPaths, ...] = ()) -> Iterator[None]:
+    """A run and the companion runs it is scored with (a background model, ensemble members), all shared:
+    no `train` may change them while they are read."""
+    with contextlib.ExitStack() as held:
+        for paths in (run, *companions):
+            held.enter_context(hold_run(paths, shared=True))
+        yield
 
 
 def hold_evaluation(paths: RunPaths, folder: Path) -> contextlib.AbstractContextManager[None]:

@@ -36,6 +36,7 @@ from oodbench.runner.evaluate import EvalRequest, evaluate
 from oodbench.runner.layout import RunPaths, run_name
 from oodbench.runner.locking import SWEEP_CLAIM, claim_cell
 from oodbench.runner.train import TrainRequest, train
+from oodbench.schema import RESULT_COLUMNS
 from oodbench.scores import SCORES
 
 ONLY_KEYS = ("model", "dataset", "seed")
@@ -147,12 +148,15 @@ def _available(ref_text: str, split: str, data_root: str | None) -> bool:
 
 
 def _evaluated(metrics_json: Path, scores: tuple[str, ...] | None) -> bool:
-    """Whether an evaluation is complete and has every score asked for (all registered ones for None)."""
+    """Whether an evaluation is complete, has every score asked for (all registered ones for None) and
+    every column this oodbench writes (an older one's is evaluated again: from the statistics cache)."""
     try:
-        done = set(json.loads(metrics_json.read_text())["scores"])
+        content = json.loads(metrics_json.read_text())
+        done, rows = set(content["scores"]), content["rows"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return set(scores if scores is not None else SCORES.registered()) <= done
+    complete = all(isinstance(row, dict) and set(RESULT_COLUMNS) <= set(row) for row in rows)
+    return complete and set(scores if scores is not None else SCORES.registered()) <= done
 
 
 def _analysed(paths: RunPaths, pair: Pair, analysis: AnalysisConfig) -> bool:

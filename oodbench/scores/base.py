@@ -47,6 +47,7 @@ class Score(abc.ABC):
     extra_statistics: ClassVar[tuple[str, ...]] = ()  # statistics computed only on request (runner/statistics.py)
     needs_companions: ClassVar[bool] = False  # statistics of other runs of the same images (companions.py)
     missing_hint: ClassVar[str] = ""  # what gives the needed statistics when they are missing
+    fails_as_gate: ClassVar[str] = ""  # the published evidence that it fails as an OOD gate, where there is
     threshold: float | None = None  # set by `fit` where the score has a decision rule
 
     @property

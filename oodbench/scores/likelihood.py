@@ -16,6 +16,8 @@ class Likelihood(Score):
     name = "likelihood"
     paper = "Nalisnick et al., ICLR 2019 (Bishop 1994)"
     needs = ("bpd",)
+    fails_as_gate = ("deep generative models give some OOD sets higher likelihood than their own test images "
+                     "(Nalisnick et al. 2019: SVHN under a CIFAR-10 model, MNIST under a Fashion-MNIST one)")
 
     @property
     def short(self) -> str:

@@ -108,3 +108,29 @@ def test_a_run_without_a_hold_out_fits_on_its_training_images(tmp_path, staged_r
     assert typicality["fit_set"] == "in_train"
     assert typicality["threshold"] == pytest.approx(0.1, abs=1e-12)
     assert typicality["auroc"] == pytest.approx(7 / 16)
+
+
+@pytest.mark.slow
+def test_a_flat_sets_in_test_images_are_neither_trained_nor_validated_on(tmp_path, staged_root, capsys):
+    """A user's npz (one set serving as both splits): the in-distribution test set is the part training left
+    out, disjoint from the images trained on and from the hold-out the scores are fitted on."""
+    from cli_runs import run_cli
+    from oodbench.data import load_images
+
+    images = load_images("fashionmnist", "train", data_root=staged_root, limit=300).images
+    np.savez(tmp_path / "clothes.npz", x=images[:, 0, 2:30, 2:30].numpy())  # the 28x28 originals
+    code, _, err = run_cli(["train", "--model", "glow", "--dataset", f"npz:{tmp_path / 'clothes.npz'}", "--epochs",
+                            "1", "--batch-size", "64", "--runs-dir", tmp_path / "runs", "--quiet", "--set", "levels=2",
+                            "--set", "steps=1", "--set", "hidden_channels=8"], capsys)
+    assert code == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    code, _, err = run_cli(["evaluate", "--run", run, "--pair", f"npz:{tmp_path / 'clothes.npz'}:mnist", "--data-root",
+                            staged_root, "--limit", "50", "--train-sample", "500", "--scores", "likelihood", "--quiet"],
+                           capsys)
+    assert code == 0, err
+    (scores_csv,) = run.glob("eval/*/scores.csv")
+    scores = pd.read_csv(scores_csv)
+    index = {name: set(scores.loc[scores["set"] == name, "index"]) for name in ("in_train", "in_val", "in_test")}
+    assert len(index["in_val"]) == 60 and len(index["in_train"]) == 180  # 300 images: a fifth, a fifth, the rest
+    assert len(index["in_test"]) == 50 and not index["in_test"] & (index["in_val"] | index["in_train"])
+    assert len(index["in_train"] | index["in_val"] | index["in_test"]) == 290

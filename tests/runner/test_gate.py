@@ -113,3 +113,63 @@ def test_the_gate_fits_on_the_hold_out_and_sets_its_threshold_on_in_test(tmp_pat
     assert result.by == "typicality(batch=1,seed=0)"
     assert result.threshold == pytest.approx(0.14, abs=1e-12) and result.accepted_in == 1.0
     assert list(table["verdict"]) == ["OOD", "OOD", "OOD", "in-distribution"]
+
+
+def _gate_folder(root, staged_root):
+    """Four Fashion-MNIST test images as PNGs and one file that is not an image."""
+    folder = root / "mine"
+    _folder(load_images("fashionmnist", "test", data_root=staged_root, limit=4).images, folder)
+    (folder / "9999.png").write_bytes(b"not a png at all")
+    return folder
+
+
+@pytest.mark.slow
+def test_the_gate_keeps_a_row_for_every_unreadable_file_and_says_how_many(tmp_path, staged_root, capsys):
+    run = fake_run(tmp_path / "run", staged_root)
+    folder, out_csv = _gate_folder(tmp_path, staged_root), tmp_path / "gate.csv"
+    common = ["score", "--run", run.root, "--images", folder, "--out", out_csv, "--batch-size", "512", "--quiet",
+              "--scores", "likelihood"]
+    code, out, err = run_cli(common, capsys)
+    assert code == 2 and "1 file(s)" in err and "9999.png" in err and "--skip-unreadable" in err, err
+    code, out, err = run_cli([*common, "--skip-unreadable"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out_csv)
+    assert table["file"].tolist() == ["0000.png", "0001.png", "0002.png", "0003.png", "9999.png"]
+    assert table["verdict"].iloc[4] == "unreadable" and np.isnan(table["bpd"].iloc[4])
+    assert set(table["verdict"].iloc[:4]) <= {"in-distribution", "OOD"} and table["bpd"].iloc[:4].notna().all()
+    said = " ".join(out.split())
+    assert "1 file(s) could not be read and were left out" in said and "9999.png" in said, out
+    assert re.search(r"flagged OOD", said) and " of 4 images flagged OOD" in said, out
+
+
+@pytest.mark.slow
+def test_the_gate_warns_that_the_likelihood_is_a_poor_gate(tmp_path, staged_root, capsys):
+    run = fake_run(tmp_path / "run", staged_root)
+    images = ["score", "--run", run.root, "--images", "mnist", "--data-root", staged_root, "--match-channels",
+              "--out", tmp_path / "g.csv", "--batch-size", "512", "--quiet", "--scores", "likelihood,input_complexity"]
+    code, out, err = run_cli(images, capsys)
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert "warning: --by likelihood: a poor gate, known to fail" in said and "Nalisnick" in said, out
+    code, out, err = run_cli([*images, "--by", "input_complexity"], capsys)
+    assert code == 0 and "warning" not in out, out
+
+
+@pytest.mark.slow
+def test_the_gate_scores_the_likelihood_ratio_with_a_background_run(tmp_path, staged_root, capsys):
+    run = fake_run(tmp_path / "run", staged_root)
+    background = fake_run(tmp_path / "bg", staged_root, seed=1, background=0.2)
+    folder = _gate_folder(tmp_path, staged_root)
+    (folder / "9999.png").unlink()
+    common = ["--images", folder, "--batch-size", "512", "--quiet", "--scores", "likelihood,likelihood_ratio"]
+    code, out, err = run_cli(["score", "--run", run.root, *common, "--out", tmp_path / "without.csv"], capsys)
+    assert code == 0 and "no per-image likelihood_ratio" in " ".join(out.split()) and "--background-run" in out, out
+    code, out, err = run_cli(["score", "--run", run.root, *common, "--background-run", background.root, "--by",
+                              "likelihood_ratio", "--out", tmp_path / "with.csv"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["score", "--run", background.root, *common, "--out", tmp_path / "bg.csv"], capsys)
+    assert code == 0, err
+    ratio, alone = pd.read_csv(tmp_path / "with.csv"), pd.read_csv(tmp_path / "bg.csv")
+    # Ren et al.'s -LLR in bits/dim: the run's bits/dim minus the background model's, image by image.
+    np.testing.assert_allclose(ratio["likelihood_ratio"], ratio["bpd"] - alone["bpd"], atol=2e-6)
+    assert "warning" not in out
