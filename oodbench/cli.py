@@ -268,18 +268,16 @@ def train(
     console.print(_trained_line(model, dataset, result))
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _trained_line(model: str, dataset: str, result: Any) -> str:
-    done = _plural(result.epochs, "epoch")
+    from oodbench.runner.train import plural  # imported already: the run has just trained
+
+    done = plural(result.epochs, "epoch")
     if result.partial_steps:
-        done = (f"{_plural(result.epochs, 'complete epoch')} and {_plural(result.partial_steps, 'step')} of epoch "
+        done = (f"{plural(result.epochs, 'complete epoch')} and {plural(result.partial_steps, 'step')} of epoch "
                 f"{result.epochs + 1} (stopped by --max-minutes)")
     val = f", best validation {result.val_bpd:.3f} bits/dim" if result.val_bpd is not None else ""
     verb = "already trained" if result.already_trained else "trained"
-    return (f"{verb} {model} on {dataset}: {done}, {_plural(result.steps, 'step')} in {result.seconds:.0f}s{val}; "
+    return (f"{verb} {model} on {dataset}: {done}, {plural(result.steps, 'step')} in {result.seconds:.0f}s{val}; "
             f"run folder {result.paths.root}")
 
 

@@ -211,14 +211,15 @@ def _plan(request: TrainRequest, paths: RunPaths, record: RunRecord) -> str:
     budget_changed = any(old.train.get(k) != record.train.get(k) for k in BUDGET_KEYS)
     if budget_changed:
         done = _finished(paths)
-        cut = f" and {_count(done.partial_steps, 'step')} (stopped by --max-minutes)" if done.partial_steps else ""
-        raise OodbenchError(f"run {paths.root} is already trained ({_count(done.epochs, 'complete epoch')}{cut}); "
+        cut = f" and {plural(done.partial_steps, 'step')} (stopped by --max-minutes)" if done.partial_steps else ""
+        raise OodbenchError(f"run {paths.root} is already trained ({plural(done.epochs, 'complete epoch')}{cut}); "
                             "pass --resume with the new --epochs/--max-minutes to train it further, or --overwrite to "
                             "retrain")
     return "done"
 
 
-def _count(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """"1 epoch", "2 epochs": a count in words, for messages."""
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
