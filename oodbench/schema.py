@@ -88,7 +88,8 @@ class RunRecord:
     """What a run folder's `config.yaml` records: what was trained, on which images, how.
 
     `image_shape` is what the model takes; `data_shape` is the dataset's own image before the zero
-    padding of 28x28 grey sets, and bits/dim is per dimension of it (`bpd_dims`, see `units.py`).
+    padding of 28x28 grey sets (the model's image when they are resized instead), and bits/dim is per
+    dimension of it (`bpd_dims`, see `units.py`).
     The images trained on are in `splits.npz` beside it (`write_splits` / `read_splits`).
     """
 
@@ -107,6 +108,17 @@ class RunRecord:
     schema: int = RUN_SCHEMA
     # A user's own images (data/user.py): the content hash of the files trained on; None for registered sets.
     data_digest: str | None = None
+    # How 28x28 sets reach a 32x32 model: "pad" (a zero border, the paper's) or "resize" (bilinear, as Xiao
+    # et al. 2020 trained their VAEs); data/loading.py applies it to every set the run scores.
+    small_images: str = "pad"
+    # A model trained elsewhere and imported (runner/importing.py): where its weights came from (source,
+    # repository, files with their sha256, the bits/dim its authors report, the architecture read off the
+    # file) and what it was trained on; None for a model oodbench trained.
+    origin: dict[str, Any] | None = None
+
+    @property
+    def imported(self) -> bool:
+        return self.origin is not None
 
     @property
     def bpd_dims(self) -> int:
@@ -123,7 +135,9 @@ class RunRecord:
         return {"model": self.model, "dataset": self.dataset, "data_root": self.data_root, "seed": self.seed,
                 "model_settings": self.model_settings,
                 "train": train, "data_shape": list(self.data_shape), "n_train": self.n_train, "n_val": self.n_val,
-                **({"data_digest": self.data_digest} if self.data_digest is not None else {})}
+                **({"data_digest": self.data_digest} if self.data_digest is not None else {}),
+                **({"small_images": self.small_images} if self.small_images != "pad" else {}),
+                **({"origin": self.origin} if self.origin is not None else {})}
 
     def setup(self) -> str:
         """A name for the setup, shared by the runs that differ only in their seed (the report's unit

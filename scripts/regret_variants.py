@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from oodbench.data import load_images, match_channels, parse_pair
 from oodbench.models.vae import VAE
 from oodbench.models.vae.regret import encoder_regret, posterior_regret
-from oodbench.runner.evaluate import load_module
+from oodbench.runner.run_loading import load_module
 from oodbench.runner.layout import RunPaths
 
 

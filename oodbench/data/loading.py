@@ -27,8 +27,10 @@ from oodbench.data.datasets import DatasetSpec, get_dataset
 from oodbench.data.imageset import ImageSet
 from oodbench.data.refs import parse_dataset_ref
 from oodbench.data.sources import Found, Missing, Pixels
-from oodbench.data.transforms import gray3, pad
+from oodbench.data.transforms import gray3, pad, resize, unpad
 from oodbench.errors import OodbenchError
+
+SMALL_IMAGES = ("pad", "resize")  # how 28x28 sets reach 32x32 models (RunRecord.small_images)
 
 DEMO_ROOT = Path(__file__).resolve().parent / "demo"
 DEMO = "demo"
@@ -135,7 +137,7 @@ def _load_real(spec: DatasetSpec, split: str, root: Path, download: bool, limit:
 
 def load_images(name: str, split: str, *, data_root: str | Path | None = None, download: bool = False,
                 limit: int | None = None, channels: int | None = None, size: int | None = None,
-                skip_unreadable: bool = False) -> ImageSet:
+                skip_unreadable: bool = False, small_images: str = "pad") -> ImageSet:
     """The images of one split of a dataset, as uint8 (N, C, 32, 32) with canonical indices.
 
     `name` is a dataset reference such as "cifar10" or "gray:cifar10" (an "@split" in it must agree
@@ -143,7 +145,11 @@ def load_images(name: str, split: str, *, data_root: str | Path | None = None, d
     `channels`, `size` and `skip_unreadable` apply to a user's own images (`folder:` / `npz:`, user.py):
     the model's channels (None: the images' own) and size (None: 32), and whether unreadable files are
     left out (counted in `source`) instead of being an error. Registered sets have a fixed shape.
+    `small_images`: how 28x28 sets become 32x32: "pad" (a zero border, the paper's) or "resize" (bilinear,
+    pixel for pixel what torchvision's Resize does to a PIL image: Xiao et al. 2020's VAEs were trained so).
     """
+    if small_images not in SMALL_IMAGES:
+        raise OodbenchError(f"bad small_images {small_images!r}; valid: {', '.join(SMALL_IMAGES)}")
     ref = parse_dataset_ref(name)
     if ref.split_override is not None and ref.split_override != split:
         raise OodbenchError(f"{name!r} names split {ref.split_override!r} but {split!r} was asked for; "
@@ -164,6 +170,9 @@ def load_images(name: str, split: str, *, data_root: str | Path | None = None, d
     images, index = pixels.images, pixels.index
     if limit is not None:
         images, index = images[:limit], index[:limit]
+    if small_images == "resize" and spec.pad:
+        images = resize(unpad(images, spec.pad), spec.shape[-1])
+        source = f"{source} (resized bilinearly to {spec.shape[-1]}x{spec.shape[-1]})"
     if ref.gray:
         images = gray3(images)
     return ImageSet(name=ref.name, split=split, images=images.contiguous(), index=index.to(torch.int64).contiguous(),

@@ -29,6 +29,13 @@ def pad(images: torch.Tensor, border: int) -> torch.Tensor:
     return F.pad(images, (border, border, border, border), mode="constant", value=0)
 
 
+def unpad(images: torch.Tensor, border: int) -> torch.Tensor:
+    """The inverse of `pad`: drop `border` pixels on every side."""
+    if border == 0:
+        return images
+    return images[..., border:-border, border:-border]
+
+
 def luminance(images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> (N, 1, H, W) uint8 luminance, rounded."""
     if images.shape[1] != 3:

@@ -34,10 +34,10 @@ from oodbench.config import AnalysisConfig
 from oodbench.data import ImageSet, Pair, parse_pair
 from oodbench.data.quantize import dequantize
 from oodbench.errors import OodbenchError
-from oodbench.runner.evaluate import RunImages, images_among, load_module
+from oodbench.runner.run_loading import RunImages, load_module
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.locking import hold_analyses, hold_run
-from oodbench.schema import RunRecord, read_splits
+from oodbench.schema import RunRecord
 
 GLOW_FAMILIES = ("glow", "cv-glow")  # the analysis needs a flow's continuous density log p(y)
 SAMPLE_SEED = 2  # which images of each set the Hessian terms and the measured gap use
@@ -97,11 +97,10 @@ def second_order(run_dir: Path, pair: str | Pair, *, data_root: str | Path | Non
         raise OodbenchError(f"bad n_images {n_images}: the variances need 2 or more images per set")
 
     loader = RunImages(record, paths, None if data_root is None else str(data_root))
-    train_index, _ = read_splits(paths.splits)
     # The variance terms are cheap: of every image trained on and every OOD image (the paper's are of whole
     # sets); the Hessian terms and the measured gap use `n_images` of each.
     whole = {
-        "p*": images_among(loader.load(record.dataset, "train"), train_index, None, "trained on"),
+        "p*": loader.trained_on(),
         "q": loader.fitting(loader.load(pair.out_ref.name, pair.out_ref.split or "test"), match_channels),
     }
     sets = {"p*": _seeded_subset(whole["p*"], n_images), "q": _seeded_subset(whole["q"], n_images)}

@@ -28,7 +28,8 @@ from oodbench.data import ImageSet, parse_dataset_ref
 from oodbench.data.user import KINDS, image_files, is_user_name, parse_user
 from oodbench.errors import OodbenchError
 from oodbench.metrics import acceptance_threshold
-from oodbench.runner.evaluate import CompanionRuns, RunImages, join_companions, load_module, set_iw_samples
+from oodbench.runner.companion_runs import CompanionRuns, join_companions
+from oodbench.runner.run_loading import RunImages, open_module
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.locking import hold_runs
 from oodbench.runner.statistics import set_statistics
@@ -119,11 +120,7 @@ def _companions(request: GateRequest) -> CompanionRuns:
 
 def _gate(request: GateRequest, images: ImageSet) -> GateResult:
     record = RunRecord.read(request.run.config)
-    checkpoint = request.run.checkpoint(request.checkpoint)
-    module, _ = load_module(checkpoint)
-    module.noise_seed = request.eval.noise_seed
-    if request.eval.iw_samples is not None:
-        set_iw_samples(module, request.eval.iw_samples, record)
+    module, checkpoint, _ = open_module(request.run, request.checkpoint, request.eval, record)
     loader = RunImages(record, request.run, request.data_root, request.download, request.skip_unreadable)
     new = loader.fitting(images, request.eval.match_channels)
     own = loader.in_distribution(parse_dataset_ref(record.dataset), request.eval)

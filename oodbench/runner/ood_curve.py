@@ -43,7 +43,7 @@ from oodbench.atomic import write_with
 from oodbench.data import DatasetRef, ImageSet, get_dataset, load_images, match_channels, parse_dataset_ref
 from oodbench.errors import OodbenchError
 from oodbench.models.module import LikelihoodModule, float32_likelihood
-from oodbench.runner.evaluate import held_out, images_among
+from oodbench.runner.run_loading import held_out, images_among
 from oodbench.schema import ood_gets_lower_bpd
 from oodbench.units import bits_per_dim
 

@@ -24,7 +24,7 @@ from oodbench.models.module import LikelihoodModule
 from oodbench.models.vae import VAE, VAEConfig
 from oodbench.models.vae.regret import posterior_regret
 from oodbench.runner import EvalRequest, RunPaths, TrainRequest, evaluate, train
-from oodbench.runner.evaluate import load_module
+from oodbench.runner.run_loading import load_module
 from oodbench.runner.statistics import assemble, cache_key, extra_settings, set_statistics
 from oodbench.schema import read_splits
 from oodbench.scores import SCORES
