@@ -306,6 +306,28 @@ def test_the_default_and_paper_sizes():
     assert (paper.base_channels, paper.latent_dim) == (64, 100)
 
 
+def test_encoder_settings_default_to_the_dcgan_encoder_and_give_xiaos():
+    """The defaults keep oodbench's encoder (no batch norm on the first convolution, leaky ReLU, inputs
+    2k/255 - 1, as before the settings existed); Xiao et al.'s code's settings give conv, batch norm and ReLU
+    at every stage and inputs k/255 (tests/published/test_vae_import.py compares it with their code)."""
+    x = (torch.arange(3 * 16 * 16) % 256).to(torch.uint8).view(1, 3, 16, 16)  # every level
+    sizes = {"image_size": 16, "base_channels": 4, "latent_dim": 3}
+    seen: list[torch.Tensor] = []  # what the encoder is given
+    xiao = {"encoder_activation": "relu", "encoder_input_norm": True, "input_range": "0..1"}
+    for settings, layers, scaled in (
+        ({}, ["Conv2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d"], x.float() * (2 / 255) - 1),
+        (xiao, ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"], x.float() / 255),
+    ):
+        model = VAE(VAEConfig(**sizes, **settings)).eval()
+        assert [type(layer).__name__ for layer in model.encoder.net] == layers
+        assert all(layer.negative_slope == 0.2 for layer in model.encoder.net if isinstance(layer, torch.nn.LeakyReLU))
+        model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        model.encode(x)
+        assert torch.equal(seen[-1], scaled)
+    assert {k: getattr(VAEConfig(), k) for k in xiao} == \
+        {"encoder_activation": "leaky_relu", "encoder_input_norm": False, "input_range": "-1..1"}
+
+
 def test_family_takes_its_image_size_from_the_data():
     config = model_config("vae", {"base_channels": 8}, image_shape=(1, 16, 16))
     assert (config.in_channels, config.image_size, config.base_channels) == (1, 16, 8)
@@ -322,6 +344,8 @@ def test_family_takes_its_image_size_from_the_data():
     ({"latent_dim": 0}, "latent_dim"),
     ({"iw_samples": 0}, "iw_samples"),
     ({"base_channels": 0}, "base_channels"),
+    ({"encoder_activation": "tanh"}, "encoder_activation"),
+    ({"input_range": "0..255"}, "input_range"),
 ])
 def test_bad_settings_are_refused_by_name(settings, named):
     with pytest.raises(OodbenchError, match=named):

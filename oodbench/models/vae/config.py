@@ -4,7 +4,10 @@ The architecture is the DCGAN-style VAE with a 256-way categorical decoder of Xi
 (NeurIPS 2020, "Likelihood Regret"), the VAE most often reported on CIFAR-10 -> SVHN since: strided
 4x4 convolutions down to 4x4, a 4x4 convolution to a latent vector, and the mirror image up. The
 defaults (32 base channels, 100 latent dimensions; about 1.15M parameters on 3x32x32) are the
-CPU-scale size; `VAEConfig.paper()` gives Xiao et al.'s 64 base channels.
+CPU-scale size; `VAEConfig.paper()` gives Xiao et al.'s 64 base channels. Three encoder settings
+(`encoder_activation`, `encoder_input_norm`, `input_range`) select between oodbench's DCGAN-discriminator
+encoder (the defaults) and the encoder of Xiao et al.'s released code, so that their checkpoints import
+exactly (`oodbench/published/vae.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from oodbench.config import at_least, check_fields
+from oodbench.config import at_least, check_fields, one_of
 from oodbench.errors import OodbenchError
 
 # How many importance samples `log_px` uses by default. Measured on the demo data (a 6-epoch VAE on
@@ -42,6 +45,14 @@ class VAEConfig:
     latent_dim: dimensions of the Gaussian latent z (prior N(0, I), diagonal Gaussian posterior).
     iw_samples: k of the importance-weighted bound log_px is scored with (`--iw-samples` overrides it
         at evaluation); 1 scores the single-sample ELBO.
+    encoder_activation: the encoder's nonlinearity. "leaky_relu" (slope 0.2, the DCGAN discriminator's of
+        Radford et al. 2016) or "relu", as the Encoder of Xiao et al.'s code (XavierXiao/Likelihood-Regret,
+        DCGAN_VAE_pixel.py). The decoder always uses ReLU.
+    encoder_input_norm: batch norm after the encoder's first convolution too. False is the DCGAN recipe
+        (no batch norm on the input layer); Xiao et al.'s code has one (conv, batch norm, ReLU).
+    input_range: what the encoder sees of an 8-bit value k: "-1..1" is 2k/255 - 1; "0..1" is k/255,
+        torchvision's ToTensor, as in Xiao et al.'s code. Only the encoder's input: the decoder is a
+        categorical over the levels 0..255 either way.
     """
 
     in_channels: int = at_least(1, 3)
@@ -49,6 +60,9 @@ class VAEConfig:
     base_channels: int = at_least(1, 32)
     latent_dim: int = at_least(1, 100)
     iw_samples: int = at_least(1, DEFAULT_IW_SAMPLES)
+    encoder_activation: str = one_of(("leaky_relu", "relu"), "leaky_relu")
+    encoder_input_norm: bool = False
+    input_range: str = one_of(("-1..1", "0..1"), "-1..1")  # strings, not [0, 1]: YAML would read a list
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -74,8 +74,10 @@ class VAE(LikelihoodModel):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of q(z|x), each (B, latent_dim)."""
         self._check_input(x)
-        dtype = self.decoder.head.weight.dtype
-        return self.encoder(x.to(dtype) * (2 / (N_LEVELS - 1)) - 1)
+        x = x.to(self.decoder.head.weight.dtype)
+        if self.config.input_range == "0..1":
+            return self.encoder(x / (N_LEVELS - 1))  # a division, as torchvision's ToTensor: the same k/255
+        return self.encoder(x * (2 / (N_LEVELS - 1)) - 1)
 
     def reconstruction_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) in nats, [N], for images x (N, C, S, S) and latents z (N, latent_dim)."""

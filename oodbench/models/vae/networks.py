@@ -5,7 +5,9 @@ For an S x S image (S a power of two, at least 8) with base width w:
     encoder  C -> w (S/2) -> 2w (S/4) -> ... -> w 2^(n-1) at 4x4 -> 4x4 conv -> (mean, log_std) of z
     decoder  z -> 4x4 transposed conv -> w 2^(n-1) at 4x4 -> ... -> w (S/2) -> C * 256 logits at S x S
 with n = log2(S) - 2 strided stages; batch norm after every inner convolution, leaky ReLU in the
-encoder and ReLU in the decoder (the DCGAN recipe that makes such stacks train at lr 1e-3).
+encoder and ReLU in the decoder (the DCGAN recipe that makes such stacks train at lr 1e-3). The config's
+`encoder_activation` and `encoder_input_norm` give instead Xiao et al.'s encoder: ReLU, and batch norm
+after the first convolution too.
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ from oodbench.units import N_LEVELS  # the categorical decoder's classes per sub
 
 
 class Encoder(nn.Module):
-    """Images scaled to [-1, 1] (B, C, S, S) -> (mean, log_std) of q(z|x), each (B, latent_dim)."""
+    """Scaled images (B, C, S, S; `VAE.encode` scales them to the config's `input_range`) -> (mean, log_std)
+    of q(z|x), each (B, latent_dim)."""
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         stages = n_stages(config.image_size)
         width = config.base_channels
-        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+
+        def activation() -> nn.Module:
+            return nn.ReLU() if config.encoder_activation == "relu" else nn.LeakyReLU(0.2)
+
+        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, width, 4, 2, 1, bias=False)]
+        if config.encoder_input_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(activation())
         for _ in range(stages - 1):
-            layers += [nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), activation()]
             width *= 2
         layers.append(nn.Conv2d(width, 2 * config.latent_dim, 4))  # 4x4 -> 1x1
         self.net = nn.Sequential(*layers)
