@@ -8,21 +8,27 @@ and splits (`data/datasets.py`), the OOD scores (`scores/__init__.py`) and the k
 images (`data/user.py`). The registries build and hold the objects; tests/test_names.py checks that each
 list here equals its registry, so the two cannot drift apart. The CLI's help lists these names, and an
 unknown one gets the registry's own message (`registry.unknown_name`).
+
+MODELS and SCORES end with the names installed plugins declare (`plugins.py`), read from the packages'
+metadata without importing them, as their registries add them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oodbench import plugins
 from oodbench.errors import OodbenchError
 from oodbench.registry import unknown_name
 
-# The model families, in the order they were registered (the order tables show them in).
-MODELS = ("glow", "cv-glow", "pixelcnn", "vae")
+# The built-in model families, in the order they were registered (the order tables show them in).
+BUILTIN_MODELS = ("glow", "cv-glow", "pixelcnn", "vae")
+MODELS = BUILTIN_MODELS + plugins.names(plugins.FAMILIES_GROUP, BUILTIN_MODELS)
 
-# The OOD scores, in registry order.
-SCORES = ("likelihood", "input_complexity", "typicality", "dose", "likelihood_ratio", "ensemble_likelihood", "waic",
-          "likelihood_regret")
+# The built-in OOD scores, in registry order.
+BUILTIN_SCORES = ("likelihood", "input_complexity", "typicality", "dose", "likelihood_ratio", "ensemble_likelihood",
+                  "waic", "likelihood_regret")
+SCORES = BUILTIN_SCORES + plugins.names(plugins.SCORES_GROUP, BUILTIN_SCORES)
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,20 @@ DATASETS = {
 USER_KINDS = ("folder", "npz")
 
 
+# Who released the checkpoints `oodbench import` converts (published/__init__.py's SOURCES).
+CHECKPOINT_SOURCES = ("y0ast-glow", "pclucas14-pixelcnn", "likelihood-regret-vae")
+
+
+def check_checkpoint_source(name: str) -> str:
+    """`name` if `oodbench import` knows the source; else the registry's error listing the valid ones."""
+    if name not in CHECKPOINT_SOURCES:
+        raise unknown_name("checkpoint source", name, CHECKPOINT_SOURCES)
+    return name
+
+
 def check_model(name: str) -> str:
     """`name` if it is a registered model family; else the registry's error listing the valid ones."""
+    plugins.check(plugins.FAMILIES_GROUP, BUILTIN_MODELS)  # a plugin with a built-in's name: the registry's error
     if name not in MODELS:
         raise unknown_name("model", name, MODELS)
     return name
@@ -68,6 +86,7 @@ def dataset(name: str) -> DatasetName:
 
 def parse_scores(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
     """"likelihood,typicality" (or a list) -> registered names, checked; None -> None (every score)."""
+    plugins.check(plugins.SCORES_GROUP, BUILTIN_SCORES)
     if text is None:
         return None
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]

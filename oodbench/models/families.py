@@ -3,6 +3,10 @@
 Each family is a config dataclass, a builder, and the settings the family fixes (CV-Glow is Glow
 with translation-only coupling, so it is the same model with one setting pinned). Architectures know
 nothing of data or training; `module.LikelihoodModule` wraps any of them.
+
+Other installed packages add families through the entry point group `oodbench.families` (`plugins.py`):
+each gives a `ModelFamily` whose config has an `in_channels` field (and `image_size` where the network
+needs the side), set from the data by `model_config`, and whose `build` returns a `LikelihoodModel`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from oodbench.models.base import LikelihoodModel
 from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
+from oodbench.plugins import FAMILIES_GROUP
 from oodbench.registry import Registry
 
 
@@ -31,8 +36,8 @@ class ModelFamily:
 
 
 # Each name is in names.MODELS too: the CLI checks --model there before importing torch, and lists it in
-# its help (tests/test_names.py checks the two are equal).
-FAMILIES: Registry[ModelFamily] = Registry("model")
+# its help (tests/test_names.py checks the two are equal). Plugin families join after these (plugins.py).
+FAMILIES: Registry[ModelFamily] = Registry("model", plugins=FAMILIES_GROUP)
 FAMILIES.add("glow", ModelFamily(
     "glow", "Glow (Kingma & Dhariwal 2018): affine coupling, non-volume-preserving",
     GlowConfig, Glow, fixed={"coupling": "affine"}, fixed_hint="--model cv-glow is Glow with additive coupling",
@@ -77,4 +82,8 @@ def model_config(family: str, settings: dict[str, Any] | None = None, *,
 
 
 def build_model(family: str, config: Any) -> LikelihoodModel:
-    return FAMILIES.get(family).build(config)
+    model = FAMILIES.get(family).build(config)
+    if not isinstance(model, LikelihoodModel):  # a plugin's builder (plugins.py) that breaks the contract
+        raise OodbenchError(f"model family {family!r} built a {type(model).__name__}, not an "
+                            "oodbench.models.LikelihoodModel (models/base.py)")
+    return model

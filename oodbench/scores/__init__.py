@@ -5,6 +5,7 @@ name and the variants a results table shows (input complexity's codecs, typicali
 `oodbench evaluate --scores NAME,...` and a profile's `scores:` list pick entries by name; an unknown
 name is an error listing the valid ones. A new score: a module with a `Score` subclass (base.py) and
 its test, one `SCORES.add` line here and its name in `oodbench/names.py` (the CLI's light list).
+A score of another installed package joins through the entry point group `oodbench.scores` (`plugins.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 # parse_scores checks names against the light list (names.py, equal to SCORES), so the CLI can parse
 # --scores before importing this package's pandas.
 from oodbench.names import parse_scores
+from oodbench.plugins import SCORES_GROUP
 from oodbench.registry import Registry
 from oodbench.scores.base import Score
 from oodbench.scores.complexity import InputComplexity
@@ -23,7 +25,7 @@ from oodbench.scores.regret import LikelihoodRegret
 from oodbench.scores.typicality import BATCH_SIZES, Typicality
 from oodbench.units import bits_per_dim
 
-SCORES: Registry[tuple[Score, ...]] = Registry("score")
+SCORES: Registry[tuple[Score, ...]] = Registry("score", plugins=SCORES_GROUP)  # plugin scores join after these
 SCORES.add("likelihood", (Likelihood(),))
 SCORES.add("input_complexity", (InputComplexity("png"), InputComplexity("jpeg2000")))
 SCORES.add("typicality", tuple(Typicality(batch=m) for m in BATCH_SIZES))
