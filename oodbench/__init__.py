@@ -8,6 +8,7 @@ The Python API (api.py; the README's examples run in tests/test_readme.py) is im
 so `import oodbench` and the CLI's start stay fast:
 
     oodbench.train(model=..., dataset=..., **settings) -> Run     oodbench.load_run(path) -> Run
+    oodbench.import_checkpoint(source, files, dataset=...) -> Run  (a released checkpoint as a run)
     oodbench.evaluate(run, pair="IN:OUT", ...) -> result rows     Run.score(images) -> the gate's verdicts
     oodbench.ood_metrics(in_scores, out_scores) -> AUROC, AUPR, FPR oodbench.OodbenchError
 """
@@ -19,7 +20,7 @@ from typing import Any
 from oodbench.errors import OodbenchError
 
 __version__ = "0.1.0"
-_API = ("Run", "evaluate", "load_run", "ood_metrics", "train")
+_API = ("Run", "evaluate", "import_checkpoint", "load_run", "ood_metrics", "train")
 __all__ = ["OodbenchError", "__version__", *_API]
 
 

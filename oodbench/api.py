@@ -5,8 +5,10 @@
     row = oodbench.evaluate(run, pair="fashionmnist:mnist", scores=["likelihood", "input_complexity"])
     gate = run.score(images)                       # uint8 (N, H, W, C) or (N, C, H, W): one row per image
     oodbench.ood_metrics(in_scores, out_scores)    # AUROC, AUPR, FPR@95/80%TPR of two score arrays
+    run = oodbench.import_checkpoint("y0ast-glow", "glow_affine_coupling.pt", dataset="cifar10")  # a released model
 
-There is one code path: `train` is `oodbench train` (runner/train.py), `evaluate` is `oodbench evaluate`
+There is one code path: `train` is `oodbench train` (runner/train.py), `import_checkpoint` is `oodbench
+import` (runner/importing.py), `evaluate` is `oodbench evaluate`
 (runner/evaluate.py), `Run.score` is `oodbench score`'s gate (runner/gate.py) on in-memory images, and
 `ood_metrics` is the function every results row comes from (metrics.py). Errors are the CLI's messages, as
 `OodbenchError`.
@@ -101,6 +103,23 @@ def train(*, model: str, dataset: str, run_dir: str | Path | None = None, runs_d
     run_training(TrainRequest(model=model, dataset=name, run_dir=folder, train=cfg, model_settings=model_settings or {},
                               data_root=data_root, image_size=image_size, quiet=quiet))
     return load_run(folder)
+
+
+def import_checkpoint(source: str, files: str | Path | Sequence[str | Path], *, dataset: str,
+                      run_dir: str | Path | None = None, data_root: str | None = None,
+                      reported_bpd: float | None = None, overwrite: bool = False) -> Run:
+    """`oodbench import`: the released checkpoint `files` of `source` ("y0ast-glow", "pclucas14-pixelcnn",
+    "likelihood-regret-vae": the encoder and decoder files) as a run folder, for a model trained on
+    `dataset`. Returns the run, which `evaluate` and `Run.score` take like a trained one."""
+    from oodbench.names import check_checkpoint_source
+    from oodbench.runner.importing import ImportRequest, import_checkpoint as run_import
+
+    paths = (files,) if isinstance(files, (str, Path)) else tuple(files)
+    result = run_import(ImportRequest(source=check_checkpoint_source(source), files=tuple(Path(f) for f in paths),
+                                      dataset=str(parse_dataset_ref(dataset)),
+                                      run_dir=Path(run_dir) if run_dir is not None else None, data_root=data_root,
+                                      reported_bpd=reported_bpd, overwrite=overwrite))
+    return load_run(result.paths.root)
 
 
 def evaluate(run: Run | str | Path, *, pair: str, scores: Sequence[str] | None = None, data_root: str | None = None,

@@ -38,7 +38,7 @@ from oodbench.config import (
 )
 from oodbench.data.refs import display_name, parse_dataset_ref, parse_pair
 from oodbench.errors import Interrupted, OodbenchError
-from oodbench.names import MODELS, SCORES, check_model, parse_scores
+from oodbench.names import CHECKPOINT_SOURCES, MODELS, SCORES, check_checkpoint_source, check_model, parse_scores
 from oodbench.terminal import FittedTable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -279,6 +279,38 @@ def _trained_line(model: str, dataset: str, result: Any) -> str:
     verb = "already trained" if result.already_trained else "trained"
     return (f"{verb} {model} on {dataset}: {done}, {plural(result.steps, 'step')} in {result.seconds:.0f}s{val}; "
             f"run folder {result.paths.root}")
+
+
+@app.command("import")
+@user_errors
+def import_checkpoint(
+    source: Annotated[str, typer.Argument(help=f"Who released the checkpoint: {', '.join(CHECKPOINT_SOURCES)}.")],
+    files: Annotated[list[Path], typer.Argument(
+        help="The released file(s), as downloaded (likelihood-regret-vae: the encoder and decoder files).")],
+    dataset: Annotated[str, typer.Option(
+        "--dataset", help="The registered dataset the model was trained on, e.g. cifar10, fashionmnist.")],
+    run_dir: Annotated[Optional[Path], typer.Option(
+        "--run-dir", help="Run folder to write (default runs/<model>-<dataset>-<source>).")] = None,
+    reported_bpd: Annotated[Optional[float], typer.Option(
+        "--reported-bpd", help="The test bits/dim the model's authors report, kept in the run record (default: the "
+        "figure the source publishes for --dataset, if any).")] = None,
+    data_root: DataRootOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --run-dir.")] = False,
+) -> None:
+    """Turn a released checkpoint (y0ast's Glow, pclucas14's PixelCNN++, Xiao et al.'s VAEs) into a run folder
+    that evaluate, score, analyze, report and sweep read like a trained one."""
+    check_checkpoint_source(source)
+    dataset = str(parse_dataset_ref(dataset))
+    from oodbench.runner.importing import ImportRequest, import_checkpoint as run_import
+
+    result = run_import(ImportRequest(source=source, files=tuple(files), dataset=dataset, run_dir=run_dir,
+                                      data_root=data_root, reported_bpd=reported_bpd, overwrite=overwrite))
+    record = result.record
+    reported = record.origin.get("reported_bpd")
+    said = f"; its authors report {reported} bits/dim" if reported is not None else ""
+    console.print(f"imported {source} as {record.model} on {record.dataset} ({result.n_params / 1e6:.2f}M parameters"
+                  f"{said}) into run folder {result.paths.root}")
+    console.print(f"next: oodbench evaluate --run {result.paths.root} --pair {record.dataset}:OUT")
 
 
 @app.command()
