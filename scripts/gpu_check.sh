@@ -20,6 +20,9 @@
 #   train       oodbench train of the paper-size Glow (benchmarks.yaml's paper profile) on the staged CIFAR-10,
 #               --max-minutes 3 --accelerator gpu --devices all
 #   evaluate    oodbench evaluate --pair cifar10:svhn of that run (the likelihood score: AUROC, bits/dim)
+#   import      a randomised y0ast/Glow-PyTorch checkpoint at the paper profile's Glow size (scripts/random_release.py:
+#               the released file's layout), `oodbench import`ed and evaluated on cifar10:svhn (--limit 2000, the
+#               likelihood and typicality): an imported published-size model end to end on the GPU
 #   summary     scripts/gpu_summary.py: OUT/gpu_check.json, with the projected time for 250 epochs of the
 #               paper's Glow on CIFAR-10's 50,000 training images (only 8,068 are staged)
 # The whole run is held to GPU_CHECK_BUDGET_S: each step's limit is cut to what is left, the training's
@@ -74,7 +77,7 @@ VENV=.venv
 PAIR=cifar10:svhn
 MIN_STEP_S=10         # a step with less left than this is skipped, not started
 SUMMARY_RESERVE_S=20  # kept back from every step for the summary
-EVALUATE_RESERVE_S=60  # kept back from the training for evaluate (~35 s expected on an H200) and summary
+EVALUATE_RESERVE_S=120  # kept back from the training for evaluate (~35 s expected on an H200), import and summary
 TRAIN_OVERHEAD_S=40   # the training step's time outside --max-minutes: imports, data, actnorm's init, last checkpoint
 
 q() { printf '%q' "$1"; }
@@ -101,18 +104,19 @@ else
 fi
 RUNS=$WORK/runs
 RUN=$RUNS/glow-cifar10-seed0  # runner/layout.run_name(glow, cifar10, seed 0)
+IMPORTED=$RUNS/glow-cifar10-y0ast-glow  # the import step's run
 
 # ---- the plan -----------------------------------------------------------------------------------------
 if [[ $DEVICE == cuda ]]; then
     ACCELERATOR=gpu
     BENCH_SPEED=(--steps 3 --warmup 2 --eval-batches 256 --threads 8)
     BENCH_FAMILIES=glow,cv-glow,pixelcnn,vae,vae-iwae16  # the bench size's 3-channel families
-    LIMITS=(env=60 info=45 pytest_gpu=150 bench_bench=75 bench_paper=120 train=300 evaluate=150 summary=30)
+    LIMITS=(env=60 info=45 pytest_gpu=150 bench_bench=75 bench_paper=120 train=300 evaluate=150 import=120 summary=30)
 else  # smoke mode: the same steps on the CPU, at tiny sizes
     ACCELERATOR=cpu
     BENCH_SPEED=(--steps 1 --warmup 0 --train-batch 4 --eval-batches 4 --threads 1)
     BENCH_FAMILIES=glow,vae
-    LIMITS=(env=60 info=45 pytest_gpu=120 bench_bench=60 bench_paper=60 train=120 evaluate=90 summary=30)
+    LIMITS=(env=60 info=45 pytest_gpu=120 bench_bench=60 bench_paper=60 train=120 evaluate=90 import=90 summary=30)
 fi
 limit() { local pair; for pair in "${LIMITS[@]}"; do [[ ${pair%%=*} == "$1" ]] && { echo "${pair#*=}"; return; }; done; echo 60; }
 
@@ -133,7 +137,8 @@ for size in bench paper; do
 done
 add_step train "$(limit train)" "$PYREF -m oodbench train --model glow --dataset cifar10 --profile paper --config $(q "$CONFIG") --data-root $(q "$DATA") --runs-dir $(q "$RUNS") --overwrite --max-minutes \"\$TRAIN_MINUTES\" --accelerator $ACCELERATOR --devices all --quiet"
 add_step evaluate "$(limit evaluate)" "$PYREF -m oodbench evaluate --pair $PAIR --model glow --runs-dir $(q "$RUNS") --profile paper --config $(q "$CONFIG") --data-root $(q "$DATA") --scores likelihood --accelerator $ACCELERATOR --devices 1 --quiet"
-add_step summary "$(limit summary)" "$PYREF scripts/gpu_summary.py summarize --steps $(q "$STEPS") --run $(q "$RUN") --pair $PAIR --out $(q "$OUT/gpu_check.json") --meta device=$DEVICE --meta budget_s=$BUDGET_S --meta train_minutes=$TRAIN_MINUTES_MAX --meta data_root=$(q "$DATA") --meta config=$(q "$CONFIG")"
+add_step import "$(limit import)" "$PYREF scripts/random_release.py $(q "$WORK/release.pt") --config $(q "$CONFIG") && $PYREF -m oodbench import y0ast-glow $(q "$WORK/release.pt") --dataset cifar10 --run-dir $(q "$IMPORTED") --data-root $(q "$DATA") --overwrite && $PYREF -m oodbench evaluate --pair $PAIR --run $(q "$IMPORTED") --profile paper --config $(q "$CONFIG") --data-root $(q "$DATA") --scores likelihood,typicality --limit 2000 --train-sample 1000 --accelerator $ACCELERATOR --devices 1 --quiet"
+add_step summary "$(limit summary)" "$PYREF scripts/gpu_summary.py summarize --steps $(q "$STEPS") --run $(q "$RUN") --imported-run $(q "$IMPORTED") --pair $PAIR --out $(q "$OUT/gpu_check.json") --meta device=$DEVICE --meta budget_s=$BUDGET_S --meta train_minutes=$TRAIN_MINUTES_MAX --meta data_root=$(q "$DATA") --meta config=$(q "$CONFIG")"
 
 print_plan() {
     echo "oodbench GPU check: $((${#NAMES[@]})) steps on $DEVICE, within $BUDGET_S s in all"
@@ -170,7 +175,7 @@ record() {  # name rc seconds limit [reason]: the step's status, read by gpu_sum
         > "$STEPS/$1.status"
 }
 refresh() {  # the summary and the pack, after every step: a run killed from outside still leaves them
-    "${PY:-python3}" scripts/gpu_summary.py summarize --steps "$STEPS" --run "$RUN" --pair "$PAIR" \
+    "${PY:-python3}" scripts/gpu_summary.py summarize --steps "$STEPS" --run "$RUN" --imported-run "$IMPORTED" --pair "$PAIR" \
         --out "$OUT/gpu_check.json" --meta device="$DEVICE" --meta budget_s="$BUDGET_S" \
         --meta train_minutes="$TRAIN_MINUTES_MAX" --meta data_root="$DATA" --meta config="$CONFIG" \
         >/dev/null 2>&1 || true

@@ -15,7 +15,8 @@ It reads, in the steps folder `DIR`:
     bench_<size>_<precision>.json scripts/bench.py's output, sizes bench and paper, precisions 32-true and bf16-mixed
 
 and, in the run folder `RUN` the `train` step made: trained.json, config.yaml, logs/metrics.csv and
-eval/<in>_vs_<out>/metrics.json (the `evaluate` step's).
+eval/<in>_vs_<out>/metrics.json (the `evaluate` step's); in the run the `import` step made (`--imported-run`),
+its evaluation's metrics.json, summarised the same way under "import".
 
 The projection: hours to train the paper's Glow for 250 epochs on CIFAR-10's full 50,000-image training
 split, epochs x 50,000 / (measured images/s) / 3600, from each measured rate: the 3-minute `oodbench
@@ -297,7 +298,8 @@ def projection(train: dict[str, Any] | None, bench_figures: dict[str, Any]) -> d
     }
 
 
-def summarize(steps: Path, *, run: Path | None, pair: str, meta: dict[str, Any]) -> dict[str, Any]:
+def summarize(steps: Path, *, run: Path | None, pair: str, meta: dict[str, Any],
+              imported: Path | None = None) -> dict[str, Any]:
     states = step_states(steps)
     bench_figures = bench(steps)
     train = train_figures(run)
@@ -313,6 +315,7 @@ def summarize(steps: Path, *, run: Path | None, pair: str, meta: dict[str, Any])
         "bench": bench_figures,
         "train": train,
         "evaluate": evaluate_figures(run, pair),
+        "import": evaluate_figures(imported, pair),
         "projection": projection(train, bench_figures),
     }
 
@@ -346,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--steps", type=Path, required=True, help="the steps folder (plan.tsv, logs, outputs)")
     summary.add_argument("--out", type=Path, required=True)
     summary.add_argument("--run", type=Path, default=None, help="the run folder the train step made")
+    summary.add_argument("--imported-run", type=Path, default=None, help="the run folder the import step made")
     summary.add_argument("--pair", default="cifar10:svhn")
     summary.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                          help="a top-level field (repeatable): device, budget_s, data_root...")
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.meta:
         key, _, value = item.partition("=")
         meta[key] = int(value) if value.isdigit() else value
-    content = summarize(args.steps, run=args.run, pair=args.pair, meta=meta)
+    content = summarize(args.steps, run=args.run, pair=args.pair, meta=meta, imported=args.imported_run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")

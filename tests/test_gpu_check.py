@@ -24,7 +24,7 @@ from oodbench.schema import RunRecord
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 STEPS = ["env", "info", "pytest_gpu", "bench_bench_32-true", "bench_bench_bf16-mixed", "bench_paper_32-true",
-         "bench_paper_bf16-mixed", "train", "evaluate", "summary"]
+         "bench_paper_bf16-mixed", "train", "evaluate", "import", "summary"]
 PLAN_LINE = re.compile(r"^\s*(\d+)\. (\S+) \((\d+) s\): (.+)$")
 
 
@@ -85,6 +85,9 @@ def test_dry_run_prints_each_step_its_command_and_limit_and_runs_nothing(tmp_pat
         assert flag in train, flag
     assert "--pair cifar10:svhn" in commands["evaluate"] and "--accelerator gpu" in commands["evaluate"]
     assert "gpu_summary.py summarize" in commands["summary"] and "gpu_check.json" in commands["summary"]
+    for part in ("scripts/random_release.py", "oodbench import y0ast-glow", "--dataset cifar10",
+                 "oodbench evaluate --pair cifar10:svhn", "--accelerator gpu"):
+        assert part in commands["import"], part
 
 
 def test_dry_run_of_the_smoke_mode_puts_every_step_on_the_cpu(tmp_path):
@@ -252,7 +255,8 @@ profiles:
     seeds: [0]
 """
 # Each code path once: both bench sizes and both precisions, not all four pairings (time).
-SMOKE_STEPS = ["env", "info", "pytest_gpu", "bench_bench_32-true", "bench_paper_bf16-mixed", "train", "evaluate"]
+SMOKE_STEPS = ["env", "info", "pytest_gpu", "bench_bench_32-true", "bench_paper_bf16-mixed", "train", "evaluate",
+               "import"]
 
 
 @pytest.mark.slow
@@ -285,4 +289,6 @@ def test_smoke_mode_runs_every_step_end_to_end_on_the_cpu(tmp_path, staged_root)
     assert train["val_bpd"] is not None and train["n_train"] == 256
     evaluation = summary["evaluate"]  # the likelihood row of the evaluation's metrics.json, as written
     assert {"auroc", "bpd_in_test_mean", "bpd_out_test_mean"} <= set(evaluation) and evaluation["n_out_test"] == 128
+    imported = summary["import"]  # a random release at the tiny paper size, imported and evaluated
+    assert imported["epochs"] is None and imported["n_out_test"] > 0 and imported["auroc"] is not None
     assert summary["projection"]["from_train"]["hours"] > 0 and summary["projection"]["from_bench_paper_bf16_mixed"]

@@ -78,7 +78,7 @@ def _architecture(state: State) -> dict:
             "LU_decomposed": f"{first}.invconv.weight" not in state, "y_condition": False, "image_size": height}
 
 
-def _expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
+def layout(arch: dict) -> dict[str, tuple[int, ...]]:
     """Every key of a y0ast Glow with these settings and its shape (model.py's FlowNet, layer by layer)."""
     shapes: dict[str, tuple[int, ...]] = {}
     hidden, channels, index = arch["hidden_channels"], arch["in_channels"], 0
@@ -116,7 +116,7 @@ def _zero_conv(prefix: str, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]
 
 def _check_layout(state: State, arch: dict) -> None:
     """Every expected key present with its shape, and no other key: else refuse before building anything."""
-    expected = _expected_shapes(arch)
+    expected = layout(arch)
     settings = ", ".join(f"{k}={arch[k]}" for k in ("in_channels", "levels", "steps", "hidden_channels", "coupling"))
     missing = [key for key in expected if key not in state]
     if missing:

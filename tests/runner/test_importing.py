@@ -66,6 +66,12 @@ def test_import_evaluate_analyze_report(ref, released, tmp_path, staged_root, ca
     assert all(r["fit_set"].startswith("in_val: the other half of cifar10 test") for r in rows)
     assert rows[0]["epochs"] is None and rows[0]["train_seconds"] is None
 
+    # A second pair scores only its OOD set: the halves and the training sample come from the statistics cache.
+    code, out, err = run_cli(["evaluate", "--run", run, "--pair", "cifar10:svhn@train", "--limit", "60",
+                              "--train-sample", "20", "--scores", "likelihood", "--quiet"], capsys)
+    assert code == 0, err
+    assert "statistics of in_train, in_val, in_test came from the run's cache" in " ".join(out.split())
+
     scores = pd.read_csv(folder / "scores.csv")
     test = load_images("cifar10", "test", data_root=staged_root)
     fit_half, test_half = halves(test, FIT_HALF_SEED)
@@ -125,3 +131,36 @@ def test_bad_imports_are_one_line_errors_that_write_nothing(released, tmp_path, 
     code, _, err = run_cli(["import", "y0ast-glow", path, "--dataset", "cifar10", "--run-dir", run], capsys)
     assert code == 2 and "already holds a run; pass --overwrite" in err
     assert run_cli(["import", "y0ast-glow", path, "--dataset", "cifar10", "--run-dir", run, "--overwrite"], capsys)[0] == 0
+
+
+def test_an_imported_fashion_mnist_vae_scores_every_set_resized(tmp_path, staged_root):
+    """Xiao et al.'s Fashion-MNIST VAE (1 channel) was trained on 28x28 images resized to 32x32: the import
+    says so (small_images: resize, bits/dim per 32x32 dimension), and both sets of a pair are resized, the
+    OOD set too, so a pair never compares a padded set with a resized one."""
+    import oodbench
+    from oodbench.config import EvalConfig
+    from oodbench.data import parse_dataset_ref
+    from oodbench.runner.layout import RunPaths
+    from oodbench.runner.run_loading import RunImages
+    from tests.published.test_vae_import import REPO, _reference_nets
+
+    dvae = reference_modules(REPO, ("DCGAN_VAE_pixel",))["DCGAN_VAE_pixel"]
+    import types
+
+    net_e, net_g = _reference_nets(types.SimpleNamespace(dvae=dvae), nc=1, ngf=4, nz=5)
+    files = [tmp_path / "netG_pixel.pth", tmp_path / "netE_pixel.pth"]  # either order
+    torch.save(net_g.state_dict(), files[0])
+    torch.save(net_e.state_dict(), files[1])
+    run = oodbench.import_checkpoint("likelihood-regret-vae", files, dataset="fashionmnist", run_dir=tmp_path / "vae",
+                                     data_root=str(staged_root))
+    assert run.model == "vae" and run.record.small_images == "resize" and run.record.bpd_dims == 32 * 32
+    assert run.record.model_settings["encoder_activation"] == "relu"
+
+    loader = RunImages(run.record, RunPaths(run.path))
+    sets = loader.in_distribution(parse_dataset_ref("fashionmnist"), EvalConfig(limit=4, train_sample=4))
+    mnist = loader.load("mnist", "test", 4)
+    resized = load_images("mnist", "test", data_root=staged_root, limit=4, small_images="resize")
+    padded = load_images("mnist", "test", data_root=staged_root, limit=4)
+    assert torch.equal(mnist.images, resized.images) and not torch.equal(mnist.images, padded.images)
+    for images in sets.values():
+        assert "resized bilinearly" in images.source
