@@ -141,10 +141,6 @@ def _model_settings(profile: Profile, model: str, overrides: list[str]) -> dict[
     return settings
 
 
-def _minutes(seconds: Any) -> str:
-    return f"{seconds / 60:.1f} min" if isinstance(seconds, (int, float)) and seconds == seconds else "?"
-
-
 def _metrics_table(rows: list[dict[str, Any]], title: str) -> FittedTable:
     """Per result: training, images per set, bits/dim per set and the likelihood score's AUROC / FPR@80%TPR
     (a folder dataset by its last path component; results.csv has the path)."""
@@ -152,9 +148,11 @@ def _metrics_table(rows: list[dict[str, Any]], title: str) -> FittedTable:
                         values=("trained", "images train/test/OOD", "BPD train/test/OOD", "AUROC", "FPR80", "OOD lower?"),
                         caption="bits/dim per set (per dimension of the dataset's own image); AUROC, FPR@80%TPR of the "
                                 "BPD score (OOD = positive)")
+    from oodbench.report.tables import trained_text  # rows exist: the runner (and pandas) are imported already
+
     for row in rows:
         table.add_row(escape(row["model"]), escape(display_name(row["pair"])), str(row["seed"]),
-                      f"{row['epochs']} ep, {_minutes(row['train_seconds'])}",
+                      trained_text(row["epochs"], row["train_seconds"]),
                       f"{row['n_in_train']:,} / {row['n_in_test']:,} / {row['n_out_test']:,}",
                       f"{row['bpd_in_train_mean']:.3f} / {row['bpd_in_test_mean']:.3f} / {row['bpd_out_test_mean']:.3f}",
                       f"{row['auroc']:.3f}", f"{row['fpr_at_80_tpr']:.3f}",

@@ -83,6 +83,16 @@ def short_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes: what a checkpoint's statistics are of, and which released file a run was
+    imported from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a run folder's `config.yaml` records: what was trained, on which images, how.

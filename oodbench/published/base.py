@@ -11,7 +11,6 @@ setting oodbench does not model (`ImportRefused`).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +78,6 @@ class Source:
     convert: Callable[[list[State]], Converted]
     files: int = 1
     published: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state(path: Path) -> State:

@@ -15,6 +15,7 @@ oodbench did not write are left alone.
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -143,16 +144,26 @@ def published_markdown(summary: pd.DataFrame) -> str:
                 "score": ref.score, "family": ref.family, "pair": f"{ref.in_dataset}:{ref.out_dataset}",
                 "published AUROC": f"{ref.auroc:.3f}", "source": ref.source,
                 "ours": "not run" if row is None else f"{row['auroc_mean']:.3f} ({row['short']}, {row['n_seeds']} seed(s))",
-                "our model": "" if row is None else (f"{row['n_params_mean'] / 1e6:.2f}M parameters, "
-                                                     f"{row['epochs_mean']:.0f} epochs on {row['n_train_mean']:,.0f} images"),
+                "our model": "" if row is None else (
+                    f"{row['n_params_mean'] / 1e6:.2f}M parameters, " + (
+                        f"imported: trained elsewhere on {row['n_train_mean']:,.0f} images"
+                        if pd.isna(row["epochs_mean"]) else f"{row['epochs_mean']:.0f} epochs on {row['n_train_mean']:,.0f} images")),
             })
     return pd.DataFrame(lines).to_markdown(index=False)
 
 
+def trained_text(epochs: Any, seconds: Any) -> str:
+    """How a row's model was trained: "12 ep, 3.4 min", or "imported" for a released checkpoint (no epochs:
+    trained elsewhere, on the whole training split; runner/importing.py)."""
+    if epochs is None or pd.isna(epochs):
+        return "imported"
+    return f"{epochs:.0f} ep, {seconds / 60:.1f} min" if seconds is not None and pd.notna(seconds) else f"{epochs:.0f} ep, ?"
+
+
 def per_run_markdown(frame: pd.DataFrame) -> str:
     table = pd.DataFrame({
-        "model": frame["model"], "pair (in:out)": frame["pair"], "seed": frame["seed"], "epochs": frame["epochs"],
-        "train time": [f"{s / 60:.1f} min" if pd.notna(s) else "?" for s in frame["train_seconds"]],
+        "model": frame["model"], "pair (in:out)": frame["pair"], "seed": frame["seed"],
+        "trained": [trained_text(e, s) for e, s in zip(frame["epochs"], frame["train_seconds"], strict=True)],
         "images trained on": frame["n_train"],
         "images in-train / in-test / OOD": [f"{a} / {b} / {c}" for a, b, c in
                                              zip(frame["n_in_train"], frame["n_in_test"], frame["n_out_test"], strict=True)],

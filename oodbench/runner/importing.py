@@ -30,11 +30,11 @@ from oodbench.data.loading import canonical_root
 from oodbench.errors import OodbenchError
 from oodbench.models.module import LikelihoodModule
 from oodbench.published import SOURCES, read_state
-from oodbench.published.base import Converted, Source, sha256
+from oodbench.published.base import Converted, Source
 from oodbench.runner.layout import DEFAULT_RUNS, RunPaths, slug
 from oodbench.runner.locking import hold_run
 from oodbench.runner.train import versions
-from oodbench.schema import RunRecord
+from oodbench.schema import RunRecord, file_digest
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _record(request: ImportRequest, source: Source, converted: Converted, spec: 
     data_shape = image_shape if converted.resize_small else spec.native_shape
     origin = {
         "source": source.name, "repository": source.repository,
-        "files": [{"name": Path(f).name, "sha256": sha256(Path(f))} for f in request.files],
+        "files": [{"name": Path(f).name, "sha256": file_digest(Path(f))} for f in request.files],
         "reported_bpd": reported, "reported_how": published.get("how"),
         "architecture": converted.architecture,
         "trained_on": f"the whole {spec.name} training split ({spec.sizes.get('train')} images), outside oodbench",

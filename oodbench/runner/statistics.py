@@ -42,22 +42,13 @@ from oodbench.runner.callbacks import Failpoints
 from oodbench.runner.layout import RunPaths, slug
 from oodbench.runner.lightning import make_trainer
 from oodbench.runner.progress import ScoringEstimate
-from oodbench.schema import short_hash
+from oodbench.schema import file_digest, short_hash
 from oodbench.units import bits_per_dim
 
 STATISTICS_VERSION = 1  # part of every cache key: bump when what a model outputs per image changes
 CODECS = ("png", "jpeg2000")
 # The evaluation settings each optional statistic depends on (part of its cache key).
 STATISTIC_SETTINGS = {"regret": ("regret_steps", "regret_lr")}
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (a checkpoint: what the statistics are of)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_key(checkpoint_digest: str, images: ImageSet, noise_seed: int, bound: str,

@@ -58,7 +58,7 @@ def test_import_evaluate_analyze_report(ref, released, tmp_path, staged_root, ca
     assert json.loads((run / "trained.json").read_text())["imported"] is True
 
     code, out, err = run_cli(["evaluate", "--run", run, "--pair", "cifar10:svhn", "--limit", "60", "--train-sample",
-                              "20", "--scores", "likelihood,typicality,dose", "--quiet"], capsys)
+                              "20", "--scores", "likelihood,input_complexity,typicality,dose", "--quiet"], capsys)
     assert code == 0, err
     folder = run / "eval" / "cifar10_vs_svhn"
     rows = json.loads((folder / "metrics.json").read_text())["rows"]
@@ -105,6 +105,8 @@ def test_import_evaluate_analyze_report(ref, released, tmp_path, staged_root, ca
 
     code, out, err = run_cli(["report", "--runs", tmp_path / "runs", "--out", tmp_path / "report"], capsys)
     assert code == 0, err
+    assert "imported" in out  # the trained column: no epochs, trained elsewhere
+    assert "imported: trained elsewhere on 50,000 images" in (tmp_path / "report" / "results.md").read_text()
     results = pd.read_csv(tmp_path / "report" / "results.csv")
     assert set(results["score"]) >= {"likelihood", "typicality", "dose"} and set(results["in_split"]) == {"test-half"}
 
