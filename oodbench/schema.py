@@ -60,7 +60,7 @@ BUDGET_KEYS = ("epochs", "max_minutes")
 
 # results.csv / metrics.json: one row per (evaluation, score variant); README.md explains each column.
 RESULT_COLUMNS = (
-    "model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "seed", "setup",
+    "model", "in_dataset", "in_split", "out_dataset", "out_split", "pair", "in_transform", "out_transform", "seed", "setup",
     "score", "score_params", "fit_set", "units_in", "units_out",
     "unit", "bpd_dims", "discretization", "bound",
     "n_params", "n_train", "epochs", "train_seconds",

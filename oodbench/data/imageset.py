@@ -21,6 +21,12 @@ class ImageSet:
     index: torch.Tensor  # int64 (N,), position of each sample in the canonical split
     source: str  # where the pixels came from, for humans and run configs
     digest: str | None = None  # a user's own images: the content hash of their files (data/user.py)
+    # How the stored images were brought to this size (data/loading.size_transform): said in every result,
+    # and `enlarged` (how pixels the files never had were added: "" none, "zero-padded from 28x28",
+    # "resized up from 28x28"; "unknown" for a user's images of mixed sizes, "generated" for synthetic sets,
+    # which fit any pair) must agree within a pair.
+    transform: str = "as stored"
+    enlarged: str = ""
 
     def __post_init__(self) -> None:
         # Cheap checks only: a wrong dtype here would silently change bits/dim downstream.

@@ -175,8 +175,50 @@ def load_images(name: str, split: str, *, data_root: str | Path | None = None, d
         source = f"{source} (resized bilinearly to {spec.shape[-1]}x{spec.shape[-1]})"
     if ref.gray:
         images = gray3(images)
+    transform, enlarged = size_transform(spec, small_images, images.shape[-1])
     return ImageSet(name=ref.name, split=split, images=images.contiguous(), index=index.to(torch.int64).contiguous(),
-                    source=source, digest=digest)
+                    source=source, digest=digest, transform=transform, enlarged=enlarged)
+
+
+def size_transform(spec: DatasetSpec, small_images: str, size: int) -> tuple[str, str]:
+    """(how a set's stored images reach `size` x `size`, how pixels they never had were added: "" if none).
+
+    Downsizing is part of how a set is defined at 32x32 (ImageNet32, CelebA, Tiny-ImageNet in the
+    literature); enlarging adds pixels the files never had, zero borders or interpolated ones, a
+    signature a likelihood model picks up, so a pair whose sets are enlarged differently is refused
+    (`check_same_enlargement`)."""
+    if spec.user is not None:
+        return f"each image's shorter side resized to {size} (up or down), centre crop", UNKNOWN_ENLARGEMENT
+    if spec.generate is not None:
+        return f"generated at {size}x{size}", GENERATED
+    native = "x".join(map(str, spec.native_shape[1:]))
+    if spec.pad:
+        if small_images == "resize":
+            return f"resized bilinearly {native} -> {size}x{size}", f"resized up from {native}"
+        return f"zero-padded {native} -> {size}x{size}", f"zero-padded from {native}"
+    if spec.recipe:
+        return spec.recipe, ""
+    return f"as stored, {native}", ""
+
+
+UNKNOWN_ENLARGEMENT = "unknown"  # a user's images: each is resized up or down to the model's size
+GENERATED = "generated"  # a synthetic set (constant, noise) is made at the model's size: it fits any pair
+
+
+def check_same_enlargement(pair: str, in_set: ImageSet, out_set: ImageSet) -> None:
+    """Refuse a pair whose two sets were enlarged differently (one padded or upsampled, the other not, or
+    each another way): its AUROC would measure the resampling, not the content (DiffPath, Heng et al. 2024,
+    Table 7). A generated set (constant, noise) has no stored size and fits either; a user's folder of mixed
+    sizes is stated, not checked."""
+    a, b = in_set.enlarged, out_set.enlarged
+    if a == b or {a, b} & {UNKNOWN_ENLARGEMENT, GENERATED}:
+        return
+
+    def said(images: ImageSet) -> str:
+        return f"{images.name} is {images.enlarged or 'not enlarged'} ({images.transform})"
+    raise OodbenchError(f"--pair {pair}: {said(in_set)} but {said(out_set)}; a pair whose sets are enlarged "
+                        "differently has an AUROC that measures the resampling (DiffPath, Heng et al. 2024, Table 7): "
+                        "pair sets stored at the same size")
 
 
 def dataset_availability(name: str, data_root: str | Path | None = None) -> dict[str, str | None]:

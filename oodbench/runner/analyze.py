@@ -18,6 +18,7 @@ log-likelihoods are the ones `oodbench evaluate` computes for the same images.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -47,8 +48,7 @@ def _seeded_subset(images: ImageSet, n: int) -> ImageSet:
     """`n` images of `images` (seeded, in index order), or all of them."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SAMPLE_SEED))[:n]
     chosen = order.sort().values
-    return ImageSet(name=images.name, split=images.split, images=images.images[chosen].contiguous(),
-                    index=images.index[chosen].contiguous(), source=images.source)
+    return dataclasses.replace(images, images=images.images[chosen].contiguous(), index=images.index[chosen].contiguous())
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from oodbench import failpoints
 from oodbench.atomic import check_writable, write_json, write_with, write_yaml
 from oodbench.config import EvalConfig, to_plain
 from oodbench.data import ImageSet, Pair, parse_pair
+from oodbench.data.loading import check_same_enlargement
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.metrics import auroc_interval, ood_metrics
 from oodbench.models.module import LikelihoodModule
@@ -101,6 +102,7 @@ def _load_sets(pair: Pair, record: RunRecord, request: EvalRequest) -> dict[str,
             raise OodbenchError(f"the {name} set ({images.name} {images.split}) has no images to score; raise "
                                 "--limit / --train-sample")
         sets[name] = loader.fitting(images, cfg.match_channels and name == "out_test")
+    check_same_enlargement(str(pair), sets["in_test"], sets["out_test"])
     return sets
 
 
@@ -164,12 +166,13 @@ def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: l
 
 def base_row(stats: dict[str, pd.DataFrame], *, record: RunRecord, pair: Pair, request: EvalRequest,
              checkpoint: Path, module: LikelihoodModule, trained: tuple[int | None, float | None],
-             members: str | None = None) -> dict[str, Any]:
+             sets: dict[str, ImageSet], members: str | None = None) -> dict[str, Any]:
     """What every row of this evaluation shares: what was scored against what, training, bits/dim per set."""
     bound = module.model.bound
     row: dict[str, Any] = {
         "model": record.model, "in_dataset": pair.in_ref.name, "in_split": in_split(pair, record),
         "out_dataset": pair.out_ref.name, "out_split": pair.out_ref.split or "test", "pair": str(pair),
+        "in_transform": sets["in_test"].transform, "out_transform": sets["out_test"].transform,
         "seed": record.seed, "setup": setup_hash(record, request, module, checkpoint),
         "unit": "bits/dim", "bpd_dims": record.bpd_dims, "discretization": module.model.discretization,
         "bound": bound, "n_params": sum(p.numel() for p in module.model.parameters()), "n_train": record.n_train,
@@ -257,7 +260,7 @@ def _evaluate(request: EvalRequest, pair: Pair, folder: Path) -> EvalResult:
         raise
     if not all(np.isfinite(frame["bpd"]).all() for frame in stats.values()):
         raise OodbenchError(f"the model in {checkpoint_path} gives non-finite likelihoods; retrain it")
-    base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module,
+    base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module, sets=sets,
                     trained=_training_done(request, checkpoint), members=members)
     rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model, fit_set=fit_set)
     rows = [{column: row.get(column) for column in RESULT_COLUMNS} | {"fit_set": fit_set_text(row["fit_set"], record)}

@@ -59,8 +59,7 @@ def images_among(images: ImageSet, wanted: np.ndarray, n: int | None, role: str)
         order = torch.randperm(len(positions), generator=torch.Generator().manual_seed(IN_TRAIN_SEED))[:n]
         positions = positions[order.sort().values.numpy()]
     chosen = torch.from_numpy(positions)
-    return ImageSet(name=images.name, split=images.split, images=images.images[chosen].contiguous(),
-                    index=images.index[chosen].contiguous(), source=images.source)
+    return dataclasses.replace(images, images=images.images[chosen].contiguous(), index=images.index[chosen].contiguous())
 
 
 HELD_OUT = "held-out"  # the in-test split of a run on a flat folder: the images it neither trained nor validated on
