@@ -44,6 +44,10 @@ MODEL_FREE_STATISTICS = ("png_bpd", "jpeg2000_bpd")
 # gives" (DoSE) leave both out, so they do not change with what else was evaluated.
 OPTIONAL_STATISTICS = ("regret", "elbo_refit")
 JOINED_PREFIXES = ("background_", "member_")
+# What each statistic cost (runner/statistics.py): "seconds:<statistic>", the measured seconds per image of the
+# predict run that computed it, and "machine:<statistic>", where it ran; cached with the statistic. Not model
+# statistics: no score reads them as such.
+COST_PREFIXES = ("seconds:", "machine:")
 # How per-sample statistics of two runs are matched: the same image of the same set.
 JOIN_KEYS = ("set", "dataset", "split", "index")
 # scores.csv: one row per image, these first, then the statistics' other columns, then one column per
@@ -68,6 +72,7 @@ RESULT_COLUMNS = (
     *(f"bpd_{s}_{stat}" for s in SETS for stat in ("mean", "std")),
     "auroc", "auroc_low", "auroc_high", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_80_tpr",
     "threshold", "flagged_in", "flagged_out", "ood_lower_bpd",
+    "cost_networks", "cost_passes", "cost_seconds_per_1000", "cost_machine",
     "run", "checkpoint", "background_run", "members",
 )
 

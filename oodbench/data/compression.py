@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -44,6 +45,12 @@ def _encoded_bytes(image: np.ndarray, codec: str) -> int:
 
 def compressed_bits(images: torch.Tensor, codec: str) -> np.ndarray:
     """Bits of each image's lossless encoding (int64, one per image) of uint8 images (N, C, H, W)."""
+    return compressed_bits_timed(images, codec)[0]
+
+
+def compressed_bits_timed(images: torch.Tensor, codec: str) -> tuple[np.ndarray, float]:
+    """`compressed_bits`, and the seconds per image the encoding took where it was computed (cached with
+    the lengths, so a cache hit still reports what the encoding costs; NaN for an entry cached without it)."""
     if codec not in _OPTIONS:
         raise OodbenchError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
     pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
@@ -52,16 +59,19 @@ def compressed_bits(images: torch.Tensor, codec: str) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as archive:
             cached = archive["bits"]
+            seconds = float(archive["seconds"][0]) if "seconds" in archive.files else float("nan")
         if cached.shape == (len(pixels),):
-            return cached
+            return cached, seconds
     except (OSError, ValueError, KeyError):
         pass
+    started = time.perf_counter()
     # zlib and OpenJPEG release the GIL while they encode: threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         bits = 8 * np.fromiter(pool.map(lambda image: _encoded_bytes(image, codec), pixels), dtype=np.int64,
                                count=len(pixels))
+    seconds = (time.perf_counter() - started) / max(1, len(pixels))
     try:
-        write_arrays(path, {"bits": bits})
+        write_arrays(path, {"bits": bits, "seconds": np.array([seconds])})
     except OSError:  # a read-only or full cache: slower next time, nothing else
         pass
-    return bits
+    return bits, seconds

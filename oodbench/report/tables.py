@@ -152,6 +152,24 @@ def published_markdown(summary: pd.DataFrame) -> str:
     return pd.DataFrame(lines).to_markdown(index=False)
 
 
+def cost_markdown(frame: pd.DataFrame) -> str:
+    """Per pair, every family and score with its AUROC (mean over seeds) beside what it costs per image
+    (runner/costs.py): networks, passes, measured seconds per 1,000 images and where; cheapest first."""
+    if frame["cost_seconds_per_1000"].isna().all():
+        return ("(no cost measured: the statistics were cached by an older oodbench; `oodbench evaluate "
+                "--recompute-statistics` measures it)")
+    rows = (frame.groupby(["pair", "model", "short"], sort=False)
+            .agg(auroc=("auroc", "mean"), seconds=("cost_seconds_per_1000", "mean"),
+                 networks=("cost_networks", "first"), passes=("cost_passes", "first"), machine=("cost_machine", "first"))
+            .reset_index().sort_values(["pair", "seconds", "model"], na_position="last"))
+    table = pd.DataFrame({
+        "pair (in:out)": rows["pair"], "model": rows["model"], "score": rows["short"], "AUROC": rows["auroc"],
+        "s / 1,000 images": rows["seconds"], "networks": rows["networks"], "passes per image": rows["passes"],
+        "measured on": rows["machine"],
+    })
+    return table.to_markdown(index=False, floatfmt=".3f")
+
+
 def trained_text(epochs: Any, seconds: Any) -> str:
     """How a row's model was trained: "12 ep, 3.4 min", or "imported" for a released checkpoint (no epochs:
     trained elsewhere, on the whole training split; runner/importing.py)."""
@@ -221,6 +239,15 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "### Each ensemble beside its members",
         "",
         ensemble_markdown(frame),
+        "",
+        "## AUROC against cost, per pair",
+        "",
+        "What each score costs per image, so that methods are compared at equal budgets: the networks that score",
+        "each image, their passes (forward, backward, refits) and the measured seconds per 1,000 images of the",
+        "statistics the score reads, where they were computed (cached statistics keep the figure of the machine",
+        "that computed them). Fitting a score (a KDE, a threshold) is not counted: it is done once per run.",
+        "",
+        cost_markdown(frame),
         "",
         "## Published AUROCs beside ours",
         "",

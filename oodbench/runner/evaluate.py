@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from oodbench.metrics import auroc_interval, ood_metrics
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import checkpoint_progress
 from oodbench.runner.companion_runs import CompanionRuns, join_companions
+from oodbench.runner.costs import score_cost
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.locking import hold_evaluation, hold_runs
 from oodbench.runner.run_loading import RunImages, fit_set_text, in_split, open_module
@@ -135,11 +136,14 @@ def _set_scores(fitted: Score, stats: pd.DataFrame) -> np.ndarray:
 
 
 def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: list[Score], *, family: str,
-               fit_set: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, str]]:
-    """For each score variant: its results row, fitted on `fit_set` and compared on in-test vs out-test;
+               fit_set: str, passes: Mapping[str, str] | None = None,
+               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, str]]:
+    """For each score variant: its results row, fitted on `fit_set` and compared on in-test vs out-test,
+    with what the score costs (runner/costs.py; `passes`: each statistic's network passes per image);
     the per-sample scores of every set ("score:<label>" -> values over the sets in order); and the
     variants that could not be computed, with why."""
     columns = set(stats["in_test"].columns)
+    compared = pd.concat([stats["in_test"], stats["out_test"]], ignore_index=True)
     rows, per_sample, skipped = [], {}, {}
     for variant in variants:
         reason = variant.unusable(family, columns)
@@ -156,7 +160,8 @@ def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: l
                **ood_metrics(in_scores, out_scores).as_dict(),
                **dict(zip(("auroc_low", "auroc_high"), auroc_interval(in_scores, out_scores), strict=True)),
                "threshold": fitted.threshold,
-               "flagged_in": _flagged(in_scores, fitted.threshold), "flagged_out": _flagged(out_scores, fitted.threshold)}
+               "flagged_in": _flagged(in_scores, fitted.threshold), "flagged_out": _flagged(out_scores, fitted.threshold),
+               **score_cost(variant, compared, passes or {})}
         rows.append(row)
         if variant.per_sample:
             per_sample[SCORE_PREFIX + variant.label] = np.concatenate(

@@ -24,6 +24,9 @@ its own run folder's cache (`runner/evaluate.py`).
 from __future__ import annotations
 
 import hashlib
+import os
+import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ from oodbench import failpoints
 from oodbench.atomic import write_arrays
 from oodbench.config import EvalConfig
 from oodbench.data import ImageSet
-from oodbench.data.compression import compressed_bits
+from oodbench.data.compression import compressed_bits_timed
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import Failpoints
 from oodbench.runner.layout import RunPaths, slug
@@ -117,7 +120,9 @@ def _gather_padded(pl_module: pl.LightningModule, parts: dict[str, torch.Tensor]
 def model_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: EvalConfig, quiet: bool,
                   root: Path) -> tuple[dict[str, pd.DataFrame], bool]:
     """The model's per-sample outputs (index, log_px, parts; float64) of every set, each in dataset index
-    order, from one Lightning predict run; and whether this is the global-zero process."""
+    order, from one Lightning predict run; and whether this is the global-zero process. Each frame also
+    says what the statistic cost: "seconds:<statistic>", the predict run's seconds per image (every set of
+    the run together), and "machine:<statistic>", the device it ran on (schema.COST_PREFIXES)."""
     loaders = [DataLoader(TensorDataset(images.images, images.index), batch_size=cfg.batch_size, shuffle=False)
                for images in sets.values()]
     gather = GatherPredictions()
@@ -128,7 +133,10 @@ def model_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eval
     trainer = make_trainer(root=root, accelerator=cfg.accelerator, devices=cfg.devices, precision="32-true",
                            num_nodes=cfg.num_nodes, strategy=cfg.strategy, quiet=quiet, logger=False,
                            callbacks=callbacks, inference_mode=False)
+    started = time.perf_counter()
     trainer.predict(module, loaders, return_predictions=False)
+    seconds = (time.perf_counter() - started) / max(1, sum(len(images) for images in sets.values()))
+    machine = machine_name(trainer.strategy.root_device, trainer.world_size)
     frames = {}
     for idx, name in enumerate(sets):
         columns = {key: value.numpy().astype(np.float64) for key, value in gather.gathered[idx].items()}
@@ -136,8 +144,36 @@ def model_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eval
         first = {"index": columns.pop("index")}
         if "log_px" in columns:
             first["log_px"] = columns.pop("log_px")
-        frames[name] = pd.DataFrame({**first, **columns})
+        frame = pd.DataFrame({**first, **columns})
+        frame[f"seconds:{module.statistic}"] = seconds
+        frame[f"machine:{module.statistic}"] = machine
+        frames[name] = frame
     return frames, trainer.is_global_zero
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """`values` as an array np.load reads without pickle: text (an object array) as fixed-width strings."""
+    return values.astype(str) if values.dtype == object else values
+
+
+def machine_name(device: torch.device, processes: int = 1) -> str:
+    """The device a statistic was computed on, for the cost columns: a GPU's name, else the CPU's model
+    and the threads torch used; "N x" when several processes shared the work."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{_cpu_model()}, {torch.get_num_threads()} thread(s)"
+    return f"{processes} x {name}" if processes > 1 else name
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
 
 
 def extra_settings(statistic: str, cfg: EvalConfig) -> dict[str, float]:
@@ -165,8 +201,9 @@ def _cached_outputs(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Ev
         for name, frame in computed.items():
             outputs[name] = frame
             if writer:
+                # text columns (the machine) as fixed-width strings: the cache is read without pickle
                 write_arrays(_cache_path(paths, sets[name], keys[name], statistic),
-                             {c: frame[c].to_numpy() for c in frame.columns})
+                             {c: _plain(frame[c].to_numpy()) for c in frame.columns})
     return outputs, list(missing), writer
 
 
@@ -199,6 +236,10 @@ def assemble(outputs: pd.DataFrame, images: ImageSet, bpd_dims: int) -> pd.DataF
     frame = outputs.copy()
     frame.insert(2, "bpd", bits_per_dim(frame["log_px"].to_numpy(), bpd_dims))
     for codec in CODECS:
-        frame[f"{codec}_bpd"] = compressed_bits(images.images, codec) / bpd_dims
+        bits, seconds = compressed_bits_timed(images.images, codec)
+        frame[f"{codec}_bpd"] = bits / bpd_dims
+        # what the compression cost (runner/costs.py), where it was computed
+        frame[f"seconds:{codec}"] = seconds
+        frame[f"machine:{codec}"] = f"{_cpu_model()}, {os.cpu_count()} thread(s)"
     frame.attrs["bpd_dims"] = bpd_dims
     return frame
