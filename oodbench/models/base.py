@@ -52,6 +52,13 @@ class LikelihoodModel(nn.Module, abc.ABC):
         """Per-sample tensors [B] of the optional statistic `name` (one of `extra_statistics`)."""
         raise ValueError(f"{type(self).__name__} computes no statistic {name!r}")
 
+    def statistic_passes(self, name: str, settings: dict[str, float]) -> str:
+        """The network passes per image that the statistic `name` ("likelihood" or one of
+        `extra_statistics`) costs, in words, for the cost columns of results (runner/costs.py)."""
+        if name == "likelihood":
+            return "1 forward"
+        return name
+
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor | None:
         """The `noise` to score `x` with, a function of (seed, index) only, so that a sample's score
         does not depend on batch size, device or process count. None: the model needs no randomness."""

@@ -25,6 +25,7 @@ from oodbench.scores.companions import BACKGROUND, member_columns
 
 # The compressed lengths' statistics (png_bpd -> "png"): model-free, timed where they are computed.
 CODEC_OF = {column: column.removesuffix("_bpd") for column in MODEL_FREE_STATISTICS}
+CODEC_WORDS = {"png": "PNG encoding", "jpeg2000": "lossless JPEG 2000 encoding"}
 
 
 def networks(variant: Score, columns: set[str]) -> int:
@@ -43,6 +44,11 @@ def statistics_read(variant: Score) -> list[str]:
     return ["likelihood", *variant.extra_statistics, *codecs]
 
 
+def statistic_passes(model: Any, statistics: tuple[str, ...], settings: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """Each statistic's network passes per image in words, as the model says (`statistic_passes`)."""
+    return {name: model.statistic_passes(name, dict(settings.get(name, {}))) for name in ("likelihood", *statistics)}
+
+
 def score_cost(variant: Score, compared: pd.DataFrame, passes: Mapping[str, str]) -> dict[str, Any]:
     """The cost columns of `variant`'s row from the statistics of the compared images (`compared`: in-test
     and out-test together); `passes`: each statistic's network passes per image, in words."""
@@ -57,7 +63,7 @@ def score_cost(variant: Score, compared: pd.DataFrame, passes: Mapping[str, str]
         seconds = float(compared[column].mean())
         per_image.append(seconds * n if statistic == "likelihood" else seconds)
     machines = sorted({str(m) for s in read if f"machine:{s}" in compared for m in compared[f"machine:{s}"].dropna()})
-    words = [passes.get(s, s) for s in read]
+    words = [passes.get(s) or CODEC_WORDS.get(s, s) for s in read]
     return {
         "cost_networks": n,
         "cost_passes": " + ".join(f"{n} x ({w})" if s == "likelihood" and n > 1 else w for s, w in zip(read, words,

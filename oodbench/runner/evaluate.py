@@ -39,11 +39,11 @@ from oodbench.metrics import auroc_interval, ood_metrics
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import checkpoint_progress
 from oodbench.runner.companion_runs import CompanionRuns, join_companions
-from oodbench.runner.costs import score_cost
+from oodbench.runner.costs import score_cost, statistic_passes
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.locking import hold_evaluation, hold_runs
 from oodbench.runner.run_loading import RunImages, fit_set_text, in_split, open_module
-from oodbench.runner.statistics import set_statistics
+from oodbench.runner.statistics import extra_settings, set_statistics
 from oodbench.schema import (
     FIT_SET,
     RESULT_COLUMNS,
@@ -267,7 +267,8 @@ def _evaluate(request: EvalRequest, pair: Pair, folder: Path) -> EvalResult:
         raise OodbenchError(f"the model in {checkpoint_path} gives non-finite likelihoods; retrain it")
     base = base_row(stats, record=record, pair=pair, request=request, checkpoint=checkpoint_path, module=module, sets=sets,
                     trained=_training_done(request, checkpoint), members=members)
-    rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model, fit_set=fit_set)
+    passes = statistic_passes(module.model, extras, {name: extra_settings(name, cfg) for name in extras})
+    rows, per_sample, skipped = score_rows(stats, base, variants, family=record.model, fit_set=fit_set, passes=passes)
     rows = [{column: row.get(column) for column in RESULT_COLUMNS} | {"fit_set": fit_set_text(row["fit_set"], record)}
             for row in rows]
     frames = [stats[name].assign(set=name, dataset=sets[name].name, split=sets[name].split) for name in SETS]

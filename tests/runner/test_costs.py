@@ -60,5 +60,14 @@ def test_every_evaluated_row_has_its_measured_cost(tmp_path, staged_root, one_th
     assert likelihood["cost_seconds_per_1000"] > 0 and likelihood["cost_networks"] == 1
     assert png["cost_seconds_per_1000"] > likelihood["cost_seconds_per_1000"]  # the likelihood and the encoding
     assert "thread" in likelihood["cost_machine"]
+    assert likelihood["cost_passes"] == "1 forward" and png["cost_passes"] == "1 forward + PNG encoding"
     again = {(r["score"], r["score_params"]): r for r in evaluate(request).rows}  # from the statistics cache
     assert again[("likelihood", "")]["cost_seconds_per_1000"] == likelihood["cost_seconds_per_1000"]
+
+
+def test_the_vae_says_what_its_bound_and_refits_cost():
+    from oodbench.models import build_model, model_config
+
+    vae = build_model("vae", model_config("vae", {"base_channels": 4, "latent_dim": 3, "iw_samples": 16}))
+    assert vae.statistic_passes("likelihood", {}) == "1 encoder + 16 decoder forward"
+    assert vae.statistic_passes("regret", {"regret_steps": 20, "regret_lr": 0.1}) == "20 x (decoder forward + backward)"

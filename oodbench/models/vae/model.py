@@ -143,6 +143,13 @@ class VAE(LikelihoodModel):
         eps = noise[:, 0] if noise is not None else torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
         return posterior_regret(self, x, eps, steps=int(settings["regret_steps"]), lr=float(settings["regret_lr"]))
 
+    def statistic_passes(self, name: str, settings: dict[str, float]) -> str:
+        if name == "likelihood":  # one encoding, then k decodings (IWAE-k)
+            return f"1 encoder + {self.iw_samples} decoder forward"
+        if name == "regret":  # regret.py: steps of encoder-free refits of the posterior, each a decode and its backward
+            return f"{int(settings['regret_steps'])} x (decoder forward + backward)"
+        return super().statistic_passes(name, settings)
+
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor:
         # Draw j of a sample is the same whatever k is, so IWAE-k and IWAE-2k share their first k draws.
         return standard_normal(index_noise(index, (self.iw_samples, self.config.latent_dim), seed, device=x.device))
