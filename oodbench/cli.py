@@ -461,14 +461,15 @@ def score(
 @app.command()
 @user_errors
 def analyze(
-    run: Annotated[Path, typer.Option("--run", help="Run folder of a flow (glow, cv-glow) to analyse.")],
+    run: Annotated[Path, typer.Option("--run", help="Run folder to analyse (all but samples need a flow: glow, cv-glow).")],
     pair: Annotated[list[str], typer.Option(
-        "--pair", help="IN:OUT, IN the run's dataset (repeatable); the decomposition needs its evaluation.")] = [],  # noqa: B006
+        "--pair", help="IN:OUT, IN the run's dataset (repeatable); the decomposition and samples need its evaluation.")] = [],  # noqa: B006
     what: Annotated[Optional[str], typer.Option(
         "--what", help="Comma-separated: decomposition (log p(z) and log|det| per set, the paper's Fig. 3), "
         "second-order (Sec. 5: variance terms, closed form, exact Hessian terms, measured gap), curve (bits/dim "
-        "over training). Default: every one that applies to the run (one named here that does not is an "
-        "error).")] = None,
+        "over training), samples (the model's own samples: a grid, and their bits/dim against each pair's test and "
+        "OOD sets; the profile's analysis: n_samples, n_samples_pixelcnn, sample_temperature). Default: every one "
+        "that applies to the run (one named here that does not is an error).")] = None,
     n_images: Annotated[Optional[int], typer.Option("--n-images", help="Images per set in the second-order analysis.")] = None,
     probes: Annotated[Optional[int], typer.Option(
         "--probes", help="Hutchinson probes for the Hessian diagonal (default: exact, one product per dimension).")] = None,
@@ -479,8 +480,8 @@ def analyze(
     match_channels: Annotated[bool, typer.Option(
         "--match-channels", help="Convert an OOD set of other channels to the model's (as evaluate does).")] = False,
 ) -> None:
-    """The paper's analyses of a trained flow: tables and figures into the run's analysis/ folder
-    (`oodbench report` gathers them)."""
+    """The paper's analyses of a trained flow, and any model's own samples: tables and figures into the run's
+    analysis/ folder (`oodbench report` gathers them)."""
     base = _profile(profile, config).analysis
     try:
         names = tuple(w.strip() for w in (what or ",".join(ANALYSES_DEFAULT)).split(",") if w.strip())

@@ -141,6 +141,17 @@ class EvalConfig:
     # Likelihood regret (VAE): Adam steps and learning rate of each image's posterior refit
     regret_steps: int = at_least(1, 20)
     regret_lr: float = at_least(0, 0.1, exclusive=True)
+    # Local intrinsic dimension (flows, Kamkari et al. 2024; analysis/lid.py): the share of each compared set's
+    # images that get one (a seeded draw per image; the exact Jacobian costs D products and a D x D
+    # eigendecomposition each: 12-35 s per 3x32x32 image for the quick profile's Glow on 2 CPU cores), None: none;
+    # and delta, the log of the singular value of the generative map above which a direction counts (the authors'
+    # guide uses -3; in a quick CIFAR-10 Glow's [0,1) pixel space log singular values run from -7 to 2, median -4).
+    lid_fraction: float | None = fraction(None)
+    lid_delta: float = -3.0
+    # Optional statistics (per-image gradients, LID, a VAE's regret) cost a backward pass or more per image:
+    # computed on at most this many images of each set that needs them (a seeded choice, the same for every
+    # score), None: all. The scores that read them are fitted and compared on those images (units_in/out).
+    extra_images: int | None = at_least(2, None)
     accelerator: str = one_of(ACCELERATORS, "auto")
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
     num_nodes: int = at_least(1, 1)
@@ -155,12 +166,13 @@ class EvalConfig:
             object.__setattr__(self, "scores", tuple(self.scores))  # a YAML list
 
 
-ANALYSES = ("decomposition", "second-order", "curve")
+ANALYSES = ("decomposition", "second-order", "curve", "samples")
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """The paper's analyses (runner/analyze.py) of a flow run, as `oodbench analyze` and a sweep run them."""
+    """The paper's analyses (runner/analyze.py) of a run (all but samples: of a flow), as `oodbench analyze` and
+    a sweep run them."""
 
     what: tuple[str, ...] = ANALYSES
     n_images: int = at_least(2, 256)  # images of each set in the second-order analysis
@@ -168,6 +180,12 @@ class AnalysisConfig:
     # 32x32 RGB); N is Hutchinson's estimate from N products, reported with its standard error.
     probes: int | None = at_least(1, None)
     curve: bool = True  # a sweep trains its flows' first seed with the likelihood curve over its pairs' OOD sets
+    # The model's own samples (runner/samples.py), scored like any set: how many each run draws; PixelCNN++
+    # fewer, as it draws pixel by pixel (H * W network passes per batch); Glow's temperature: 1.0 samples the
+    # density whose likelihoods are compared (the Glow paper shows 0.7, which looks cleaner).
+    n_samples: int = at_least(2, 64)
+    n_samples_pixelcnn: int = at_least(2, 16)
+    sample_temperature: float = at_least(0, 1.0, exclusive=True)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -27,7 +27,8 @@ MODELS = BUILTIN_MODELS + plugins.names(plugins.FAMILIES_GROUP, BUILTIN_MODELS)
 
 # The built-in OOD scores, in registry order.
 BUILTIN_SCORES = ("likelihood", "input_complexity", "typicality", "dose", "likelihood_ratio", "ensemble_likelihood",
-                  "waic", "likelihood_regret")
+                  "waic", "likelihood_regret", "score_statistic", "fisher_combined", "layer_gradients",
+                  "lid_dual_threshold")
 SCORES = BUILTIN_SCORES + plugins.names(plugins.SCORES_GROUP, BUILTIN_SCORES)
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,17 @@ SET_ROLES = {"in_train": "in-distribution, trained on", "in_val": "in-distributi
 # model gives: the lossless compressed length of the image in bits per dimension (data/compression.py).
 MODEL_FREE_STATISTICS = ("png_bpd", "jpeg2000_bpd")
 # Statistics an evaluation adds only when a score asks for them (the VAE's likelihood regret, which
-# refits each image's posterior), and the prefixes of columns joined from other runs (a background
+# refits each image's posterior; every family's per-image gradient, one column per parameter tensor under
+# OPTIONAL_PREFIXES), and the prefixes of columns joined from other runs (a background
 # model's, an ensemble's members': scores/companions.py). Scores that take "every statistic the model
-# gives" (DoSE) leave both out, so they do not change with what else was evaluated.
-OPTIONAL_STATISTICS = ("regret", "elbo_refit")
+# gives" (DoSE) leave them all out, so they do not change with what else was evaluated.
+OPTIONAL_STATISTICS = ("regret", "elbo_refit", "grad_norm", "lid", "lid_lidl")  # lid: analysis/lid.py
 JOINED_PREFIXES = ("background_", "member_")
+# The per-image gradient of log p(x) w.r.t. the parameters (models/gradients.py, scores/gradients.py):
+# "grad_sq:<parameter>[<entries>]", its squared L2 norm over one parameter tensor of <entries> numbers
+# (the size travels in the name: the score test's Fisher needs it), and "grad_norm", the whole gradient's norm.
+GRADIENT_PREFIX = "grad_sq:"
+OPTIONAL_PREFIXES = (GRADIENT_PREFIX,)
 # What each statistic cost (runner/statistics.py): "seconds:<statistic>", the measured seconds per image of the
 # predict run that computed it, and "machine:<statistic>", where it ran; cached with the statistic. Not model
 # statistics: no score reads them as such.
@@ -75,6 +82,17 @@ RESULT_COLUMNS = (
     "cost_networks", "cost_passes", "cost_seconds_per_1000", "cost_machine",
     "run", "checkpoint", "background_run", "members",
 )
+
+
+def gradient_column(parameter: str, entries: int) -> str:
+    """The statistic column of one parameter tensor's squared gradient norm ("grad_sq:conv.weight[864]")."""
+    return f"{GRADIENT_PREFIX}{parameter}[{entries}]"
+
+
+def gradient_columns(columns: list[str]) -> dict[str, int]:
+    """{column: entries} of the gradient statistic's per-layer columns among `columns`, in their order."""
+    found = (re.fullmatch(re.escape(GRADIENT_PREFIX) + r".+\[(\d+)\]", c) for c in columns)
+    return {match.group(0): int(match.group(1)) for match in found if match}
 
 
 def ood_gets_lower_bpd(bpd_in_test_mean: float, bpd_out_test_mean: float) -> bool:

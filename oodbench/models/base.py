@@ -26,9 +26,9 @@ class LikelihoodModel(nn.Module, abc.ABC):
     """A density over 8-bit images. Subclasses set `part_names` to the extra parts they report."""
 
     part_names: tuple[str, ...] = ()
-    # Statistics computed only when a score asks for them, by name (the VAE's "regret"): costlier than
-    # the likelihood, so not part of `log_prob_parts`.
-    extra_statistics: tuple[str, ...] = ()
+    # Statistics computed only when a score asks for them, by name (the VAE's "regret"; every family's
+    # "gradients", models/gradients.py): costlier than the likelihood, so not part of `log_prob_parts`.
+    extra_statistics: tuple[str, ...] = ("gradients",)
     # How log_px relates to the probability of the 8-bit image; reported beside every result.
     discretization: str = "exact discrete likelihood"
 
@@ -50,6 +50,10 @@ class LikelihoodModel(nn.Module, abc.ABC):
     def extra_statistic(self, name: str, x: torch.Tensor, noise: torch.Tensor | None,
                         settings: dict[str, float]) -> dict[str, torch.Tensor]:
         """Per-sample tensors [B] of the optional statistic `name` (one of `extra_statistics`)."""
+        if name == "gradients":  # per image, d validation_log_prob / d parameters (models/gradients.py)
+            from oodbench.models.gradients import per_image_gradients
+
+            return per_image_gradients(self, x, noise)
         raise ValueError(f"{type(self).__name__} computes no statistic {name!r}")
 
     def statistic_passes(self, name: str, settings: dict[str, float]) -> str:
@@ -57,6 +61,8 @@ class LikelihoodModel(nn.Module, abc.ABC):
         `extra_statistics`) costs, in words, for the cost columns of results (runner/costs.py)."""
         if name == "likelihood":
             return "1 forward"
+        if name == "gradients":
+            return "1 forward + 1 backward, one image at a time"
         return name
 
     def eval_noise(self, x: torch.Tensor, index: torch.Tensor, seed: int) -> torch.Tensor | None:

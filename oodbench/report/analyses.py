@@ -9,13 +9,17 @@ folder (runner/analyze.py) and the training's `logs/ood_curve.csv`, gathered, dr
   its numbers (`second_order_reading`: which way each gap points, in bits/dim and nats, and how the
   predictions compare with the measured gap);
 - the likelihood over training ("early stopping does not help"): a figure per run with a curve, and
-  whether every OOD set stays below the in-distribution test set at every point (`early_stopping_finding`).
+  whether every OOD set stays below the in-distribution test set at every point (`early_stopping_finding`);
+- the model's own samples (Kamkari et al., ICML 2024): every `samples_<pair>.csv` into `samples.csv`, a table
+  of bits/dim and AUROCs per (run, pair) read in words (`samples_reading`), and per run its grid of samples
+  and a figure of the bits/dim of its samples, test set and OOD sets.
 `run_figures` draws the same figures into a run's own `analysis/` folder (`oodbench analyze`).
 """
 
 from __future__ import annotations
 
 import numbers
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +28,23 @@ import pandas as pd
 
 from oodbench.analysis.decomposition import PRIOR, TOTAL, VOLUME, decomposition_finding
 from oodbench.atomic import write_with
-from oodbench.report.analysis_figures import PREDICTIONS, decomposition_figure, ood_curve_figure, second_order_figure
+from oodbench.errors import OodbenchError
+from oodbench.report.analysis_figures import (
+    PREDICTIONS,
+    decomposition_figure,
+    ood_curve_figure,
+    samples_figure,
+    second_order_figure,
+)
 from oodbench.data import parse_pair
 from oodbench.data.refs import display_name
 from oodbench.runner.analyze import evaluation_scores
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.ood_curve import early_stopping_finding, read_curve
+from oodbench.runner.samples import grid_file
 from oodbench.schema import RunRecord
 
-DECOMPOSITION, SECOND_ORDER = "decomposition", "second_order"
+DECOMPOSITION, SECOND_ORDER, SAMPLES = "decomposition", "second_order", "samples"
 # The second-order table's columns in results.md: (heading, column)
 SECOND_ORDER_SHOWN = (("var diff per channel (paper's units, q - p*)", "var_diff_paper"),
                       ("closed form", "closed_form_bpd"), ("1/2 sum H_ii dvar_i", "diag_term_bpd"),
@@ -223,10 +235,120 @@ def _curves(runs: list[Path], out_dir: Path | None, found: Analyses) -> None:
             "", *lines, ""]
 
 
+def _bpd(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if np.isfinite(std) else f"{mean:.3f}"
+
+
+def samples_markdown(rows: pd.DataFrame) -> str:
+    """One row per (run, pair): bits/dim (mean ± std) of the samples, the test set and the OOD set, and the
+    likelihood's AUROCs (OOD positive) of test vs OOD, samples vs OOD (with its 95% interval) and test vs
+    samples."""
+    table = []
+    for row in rows.to_dict("records"):
+        temperature = row.get("temperature", np.nan)
+        table.append({
+            "model": row["model"], "seed": row["seed"], "pair": display_name(str(row["pair"])),
+            "samples (T)": f"{int(row['n_samples'])}" + (f" (T={temperature:g})" if np.isfinite(temperature) else ""),
+            "bits/dim samples": _bpd(row["bpd_samples_mean"], row["bpd_samples_std"]),
+            "in-test": _bpd(row["bpd_in_test_mean"], row["bpd_in_test_std"]),
+            "OOD": _bpd(row["bpd_ood_mean"], row["bpd_ood_std"]),
+            "AUROC test vs OOD": f"{row['auroc_in_test_vs_ood']:.3f}",
+            "AUROC samples vs OOD [95%]": f"{row['auroc_samples_vs_ood']:.3f} [{row['auroc_samples_vs_ood_low']:.2f}, "
+                                          f"{row['auroc_samples_vs_ood_high']:.2f}]",
+            "AUROC test vs samples": f"{row['auroc_in_test_vs_samples']:.3f}",
+        })
+    return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)  # the numbers as formatted here
+
+
+def samples_reading(rows: pd.DataFrame) -> str:
+    """The samples table in words: how often the OOD set is rated likelier than the model's own samples, and
+    whether that goes with the failure on the test set (Kamkari et al.: it does)."""
+    n = len(rows)
+    ood_above_samples = rows["auroc_samples_vs_ood"] < 0.5
+    ood_above_test = rows["auroc_in_test_vs_ood"] < 0.5
+    both = int((ood_above_samples & ood_above_test).sum())
+    samples_worse = int((rows["auroc_in_test_vs_samples"] > 0.5).sum())
+    sentences = [
+        "Reading the table: an AUROC below 0.5 means the second set gets fewer bits/dim (is rated likelier) than "
+        "the first.",
+        f"The OOD set is rated likelier than the model's own samples in {int(ood_above_samples.sum())} of {n} "
+        f"(run, pair)s and likelier than the test set in {int(ood_above_test.sum())}"
+        + (f"; in {both} both at once: the likelihood ranks the OOD images above what the model itself generates, "
+           "the paradox Kamkari et al. explain by the OOD set's low intrinsic dimension." if both else "."),
+        f"The samples get more bits/dim than the test images in {samples_worse} of {n}."]
+    return " ".join(sentences)
+
+
+def samples_sets(paths: RunPaths) -> list[tuple[str, str, np.ndarray]]:
+    """(role, label, bits/dim) of a run's samples figure: its test set and its samples (those of its first
+    evaluated pair) and the OOD set of every pair."""
+    sets = []
+    for path in _tables(paths.root, SAMPLES):
+        row = pd.read_csv(path).iloc[0]
+        scores, _ = evaluation_scores(paths, parse_pair(str(row["pair"])))
+        if not sets:
+            test = scores[scores["set"] == "in_test"]
+            sets.append(("in_test", f"{display_name(test['dataset'].iloc[0])} {test['split'].iloc[0]} "
+                                    f"(in-distribution test, n={len(test):,})", test["bpd"].to_numpy(float)))
+            with np.load(path.with_suffix(".npz"), allow_pickle=False) as archive:
+                bpd = archive["bpd"].astype(float)
+            how = f"T={row['temperature']:g}, " if np.isfinite(row.get("temperature", np.nan)) else ""
+            sets.append(("samples", f"the model's own samples ({how}n={len(bpd):,})", bpd))
+        out = scores[scores["set"] == "out_test"]
+        sets.append(("ood", f"{display_name(out['dataset'].iloc[0])} {out['split'].iloc[0]} (OOD, n={len(out):,})",
+                     out["bpd"].to_numpy(float)))
+    return sets
+
+
+def _samples(runs: list[Path], out_dir: Path | None, found: Analyses) -> None:
+    tables, lines = [], []
+    for run in runs:
+        paths = RunPaths(run)
+        rows = [pd.read_csv(path) for path in _tables(run, SAMPLES)]
+        if not rows:
+            continue
+        tables += rows
+        first = rows[0].iloc[0]
+        shown = []
+        if out_dir is not None and grid_file(paths).is_file():
+            name = f"samples_{run.name}.png"
+            write_with(out_dir / name, lambda tmp, grid=grid_file(paths): shutil.copyfile(grid, tmp))
+            found.files.append(name)
+            shown.append(f"![{first['model']} {first['in_dataset']} seed {first['seed']}: samples]({name})")
+        if out_dir is not None:
+            name = f"samples_bpd_{run.name}.png"
+            try:
+                samples_figure(samples_sets(paths), {"model": first["model"], "dataset": first["in_dataset"],
+                                                     "seed": first["seed"]}, out_dir / name)
+            except (OodbenchError, OSError, KeyError, IndexError):
+                pass  # an evaluation or the samples' bits/dim since removed: the table row stays, the figure goes
+            else:
+                found.files.append(name)
+                shown.append(f"![{first['model']} {first['in_dataset']} seed {first['seed']}: bits/dim of samples]"
+                             f"({name})")
+        if shown:
+            lines.append(f"- {first['model']} on {display_name(str(first['in_dataset']))} (seed {first['seed']}): "
+                         + " ".join(shown))
+    if not tables:
+        return
+    rows = pd.concat(tables, ignore_index=True)
+    if out_dir is not None:
+        write_with(out_dir / "samples.csv", lambda tmp: rows.to_csv(tmp, index=False, float_format="%.6f"))
+        found.files.append("samples.csv")
+    found.markdown += [
+        "## The model's own samples (Kamkari et al., ICML 2024)",
+        "",
+        "Each run draws samples from its model (Glow and CV-Glow at temperature T, PixelCNN++ pixel by pixel, the VAE "
+        "through its decoder; seeded), scores them like any set with the pair's evaluation settings, and puts their "
+        "bits/dim beside the test set's and the OOD set's (`samples.csv`). AUROCs are of the likelihood (bits/dim, "
+        "larger = more OOD), the second-named set positive.",
+        "", samples_markdown(rows), "", samples_reading(rows), "", *lines, ""]
+
+
 def gather_analyses(runs: list[Path], out_dir: Path) -> Analyses:
     """The analyses of `runs`, written into the report folder `out_dir`, and their results.md section."""
     found = Analyses()
-    for part in (_decomposition, _second_order, _curves):
+    for part in (_decomposition, _second_order, _curves, _samples):
         part(runs, out_dir, found)
     return found
 
@@ -245,4 +367,8 @@ def run_figures(paths: RunPaths) -> list[Path]:
         written.append(ood_curve_figure(read_curve(paths.ood_curve), {"model": record.model, "dataset": record.dataset,
                                                                       "seed": record.seed},
                                         paths.analysis / "ood_curve.png"))
+    if _tables(paths.root, SAMPLES):
+        record = RunRecord.read(paths.config)
+        written.append(samples_figure(samples_sets(paths), {"model": record.model, "dataset": record.dataset,
+                                                            "seed": record.seed}, paths.analysis / "samples_bpd.png"))
     return written

@@ -7,7 +7,9 @@
   prediction, with y = x and the zero axes: a marker in the top-right or bottom-left quadrant has the
   measured gap's sign (`runner/analyze.py::second_order` rows);
 - bits/dim over training of in-train, in-test and each OOD set (`logs/ood_curve.csv`): the paper's
-  "early stopping does not help".
+  "early stopping does not help";
+- bits/dim of the model's own samples beside its test set and each OOD set, as histograms
+  (`runner/samples.py`; Kamkari et al., ICML 2024).
 
 Each `*_plot` returns the matplotlib figure (titles, labels and legends can be checked); each
 `*_figure` draws it and writes it atomically with `figures.save_figure`. Every figure names the model,
@@ -236,3 +238,40 @@ def ood_curve_plot(curve: pd.DataFrame, row_info: dict[str, Any]) -> plt.Figure:
 def ood_curve_figure(curve: pd.DataFrame, row_info: dict[str, Any], out_png: Path) -> Path:
     """`ood_curve_plot`, written atomically to `out_png`."""
     return save_figure(ood_curve_plot(curve, row_info), out_png)
+
+
+# --- the model's own samples (Kamkari et al., ICML 2024) --------------------------------------------------
+
+SAMPLES_STYLE = {"color": "black", "linestyle": "-"}
+
+
+def samples_plot(sets: Sequence[tuple[str, str, np.ndarray]], row_info: dict[str, Any]) -> plt.Figure:
+    """Histograms of bits/dim of each (role, label, bpd) in `sets`, role "in_test", "samples" or "ood" (one
+    per OOD set); `row_info` names the run (model, dataset, seed)."""
+    finite = [bpd[np.isfinite(bpd)] for _, _, bpd in sets]
+    if not sets or not all(len(values) for values in finite):
+        raise OodbenchError("the samples figure needs the bits/dim of the samples and of the sets they are compared with")
+    bins = np.histogram_bin_edges(np.concatenate(finite), bins=50)
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    handles, n_ood = [], 0
+    for (role, _, _), values in zip(sets, finite, strict=True):
+        if role == "ood":
+            style = {"color": OOD_COLOURS[n_ood % len(OOD_COLOURS)], "linestyle": OOD_STYLES[n_ood % len(OOD_STYLES)]}
+            n_ood += 1
+        else:
+            style = SAMPLES_STYLE if role == "samples" else {"color": COLOURS["in_test"], "linestyle": LINESTYLES["in_test"]}
+        ax.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.12, color=style["color"])
+        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.8 if role == "samples" else 1.4, **style)
+        handles.append(Line2D([], [], linewidth=1.6, **style))
+    ax.set_xlabel("bits per dimension (lower = likelier)", fontsize=FONT + 1)
+    ax.set_ylabel("density", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
+    ax.set_title(f"{_title(row_info, 'dataset')}: bits/dim of the model's own samples, its test set and the OOD "
+                 "sets (Kamkari et al. 2024)", fontsize=FONT + 2)
+    ax.legend(handles, [label for _, label, _ in sets], fontsize=FONT)
+    return layout(fig)
+
+
+def samples_figure(sets: Sequence[tuple[str, str, np.ndarray]], row_info: dict[str, Any], out_png: Path) -> Path:
+    """`samples_plot`, written atomically to `out_png`."""
+    return save_figure(samples_plot(sets, row_info), out_png)

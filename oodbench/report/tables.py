@@ -28,6 +28,7 @@ from oodbench.report.analyses import gather_analyses
 from oodbench.report.figures import bpd_histogram, roc_curves
 from oodbench.report.findings import finding
 from oodbench.report.latex import latex
+from oodbench.report.lid_figures import lid_scatter
 from oodbench.report.published import PUBLISHED
 from oodbench.report.remedies import ensemble_markdown, remedies_markdown
 from oodbench.report.summary import summarize
@@ -193,7 +194,7 @@ def per_run_markdown(frame: pd.DataFrame) -> str:
 
 
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str], rocs: dict[int, str],
-             analyses: list[str] = ()) -> str:
+             analyses: list[str] = (), scatters: dict[int, str] | None = None) -> str:
     likelihood = likelihood_rows(frame)
     dims = ", ".join(f"{d:,}" for d in sorted(frame["bpd_dims"].unique()))
     per_family = [part for family in sorted(summary["model"].unique())
@@ -222,6 +223,8 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "(Serra et al. 2020); typ M=k: the typicality test on batches of k images (Nalisnick et al. 2019b); DoSE:",
         "density of states, KDE-sum (Morningstar et al. 2021); LLR, ens BPD, WAIC, regret: below. Fitted scores are",
         "fitted on the run's validation hold-out (training-distribution images it was not trained on).",
+        "LID dual, LID dual (LIDL): Kamkari et al. (2024)'s dual threshold on the likelihood and the flow's local intrinsic",
+        "dimension (the paper's count of singular values, or the LIDL rate), on the images given one (lid_fraction).",
         "",
         *per_family,
         "## Every family, per score: AUROC per family and pair (mean over seeds)",
@@ -275,7 +278,8 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
     ]
     for i, name in sorted(figures.items()):
         title = f"{likelihood.loc[i, 'model']} {likelihood.loc[i, 'pair']} seed {likelihood.loc[i, 'seed']}"
-        lines.append(f"![{title}: bits/dim]({name}) ![{title}: ROC curves]({rocs[i]})")
+        lines.append(f"![{title}: bits/dim]({name}) ![{title}: ROC curves]({rocs[i]})"
+                     + (f" ![{title}: log-likelihood against LID]({scatters[i]})" if i in (scatters or {}) else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -301,22 +305,25 @@ def write_report(runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
 
 
 def _write_report(frame: pd.DataFrame, runs_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
-    figures, rocs = {}, {}
+    figures, rocs, scatters = {}, {}, {}
     rows = likelihood_rows(frame)
     for i, row in track(rows.iterrows(), total=len(rows), what="drawing the report's figures"):  # 2 per evaluation
         stem = f"{row['model']}_{Path(row['_folder']).name}_seed{row['seed']}_{row['setup'][:6]}.png"
         bpd_histogram(Path(row["_folder"]) / "scores.csv", out_dir / f"hist_{stem}", row=row.to_dict())
         roc_curves(Path(row["_folder"]) / "scores.csv", out_dir / f"roc_{stem}", row=row.to_dict())
         figures[i], rocs[i] = f"hist_{stem}", f"roc_{stem}"
+        # Kamkari et al.'s likelihood-LID scatter, where the evaluation computed LIDs (the dual threshold)
+        if lid_scatter(Path(row["_folder"]) / "scores.csv", out_dir / f"lid_{stem}", row=row.to_dict()) is not None:
+            scatters[i] = f"lid_{stem}"
     write_with(out_dir / "results.csv", lambda tmp: frame[list(RESULT_COLUMNS)].to_csv(tmp, index=False,
                                                                                        float_format="%.6f"))
     summary = summarize(frame)
     write_with(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6f"))
     analyses = gather_analyses(run_folders(runs_dirs), out_dir)
-    write_text(out_dir / "results.md", markdown(frame, summary, figures, rocs, analyses.markdown))
+    write_text(out_dir / "results.md", markdown(frame, summary, figures, rocs, analyses.markdown, scatters))
     write_text(out_dir / "results.tex", latex(summary))
     written = ["results.csv", "summary.csv", "results.md", "results.tex", *figures.values(), *rocs.values(),
-               *analyses.files]
+               *scatters.values(), *analyses.files]
     _remove_stale(out_dir, written)
     write_json(out_dir / MANIFEST, {"runs": sorted({str(Path(f).parent.parent) for f in frame["_folder"]}),
                                     "files": written})

@@ -3,7 +3,9 @@
 - decomposition (Section 4, Figure 3): an evaluation's per-image log p(z) and log|det| as bits/dim
   contributions per set (analysis/decomposition.py), a table and a figure;
 - second order (Section 5): the function below;
-- the likelihood over training: the figure of the run's logs/ood_curve.csv (runner/ood_curve.py).
+- the likelihood over training: the figure of the run's logs/ood_curve.csv (runner/ood_curve.py);
+- the model's own samples (any family with a sampler; Kamkari et al., ICML 2024): drawn, gridded and
+  scored against each evaluated pair's test and OOD sets (runner/samples.py).
 Each writes into the run's `analysis/` folder (layout.py), atomically; `oodbench report` gathers them.
 
 The second-order analysis of one trained Glow run and one pair:
@@ -38,9 +40,13 @@ from oodbench.errors import OodbenchError
 from oodbench.runner.run_loading import RunImages, load_module
 from oodbench.runner.layout import RunPaths
 from oodbench.runner.locking import hold_analyses, hold_run
+from oodbench.runner.samples import Samples, grid_file, run_samples, samples_pair
 from oodbench.schema import RunRecord
 
 GLOW_FAMILIES = ("glow", "cv-glow")  # the analysis needs a flow's continuous density log p(y)
+FLOW_ONLY = ("decomposition", "second-order")  # the analyses that need a flow (the others apply to any family)
+# The file each per-pair analysis leaves (layout.analysis_file's kind): a sweep reads which are done.
+PAIR_FILES = {"decomposition": "decomposition", "second-order": "second_order", "samples": "samples"}
 SAMPLE_SEED = 2  # which images of each set the Hessian terms and the measured gap use
 
 
@@ -162,7 +168,8 @@ def evaluation_scores(paths: RunPaths, pair: Pair) -> tuple[pd.DataFrame, dict[s
         return pd.read_csv(folder / "scores.csv"), row
     except (OSError, ValueError, KeyError, StopIteration):
         raise OodbenchError(f"no evaluation of {pair} in {paths.root}: run `oodbench evaluate --run {paths.root} "
-                            f"--pair {pair}` first (the decomposition reads its per-image statistics)") from None
+                            f"--pair {pair}` first (the decomposition and the samples read its per-image "
+                            "statistics)") from None
 
 
 def decomposition(paths: RunPaths, pair: Pair) -> Path:
@@ -178,9 +185,17 @@ def decomposition(paths: RunPaths, pair: Pair) -> Path:
     return csv_path
 
 
-def _pair_analysis(what: str, paths: RunPaths, pair: Pair, record: RunRecord, request: AnalyzeRequest) -> Path:
+def applies(what: str, model: str) -> bool:
+    """Whether analysis `what` applies to a run of family `model`."""
+    return what not in FLOW_ONLY or model in GLOW_FAMILIES
+
+
+def _pair_analysis(what: str, paths: RunPaths, pair: Pair, record: RunRecord, request: AnalyzeRequest,
+                   samples: Samples | None) -> Path:
     if what == "decomposition":
         return decomposition(paths, pair)
+    if what == "samples":
+        return samples_pair(paths, pair, samples, evaluation_scores(paths, pair)[0], checkpoint=request.checkpoint)
     row = second_order(paths.root, pair, data_root=request.data_root, n_images=request.analysis.n_images,
                        n_probes=request.analysis.probes, checkpoint=request.checkpoint,
                        match_channels=request.match_channels)
@@ -208,6 +223,7 @@ def _analyze(request: AnalyzeRequest, pairs: list[Pair]) -> AnalyzeResult:
         raise OodbenchError("the decomposition and the second-order analysis need --pair IN:OUT; pass one, or "
                             "--what curve")
     written, skipped = [], []
+    samples: Samples | None = None
 
     def not_applicable(why: str) -> None:
         if request.strict:
@@ -215,7 +231,7 @@ def _analyze(request: AnalyzeRequest, pairs: list[Pair]) -> AnalyzeResult:
         skipped.append(why)
 
     for what in wanted:
-        if what in ("decomposition", "second-order") and record.model not in GLOW_FAMILIES:
+        if not applies(what, record.model):
             not_applicable(f"the {what} analysis applies to flows ({', '.join(GLOW_FAMILIES)}); {paths.root} is a "
                            f"{record.model} run")
             continue
@@ -225,9 +241,16 @@ def _analyze(request: AnalyzeRequest, pairs: list[Pair]) -> AnalyzeResult:
                                "(`oodbench train ... --curve-ood svhn`)")
                 continue
             written.append(paths.ood_curve)
+        if what == "samples":  # drawn once for every pair (and without one: the grid alone)
+            try:
+                samples = run_samples(paths, request.analysis, checkpoint=request.checkpoint)
+            except OodbenchError as exc:
+                not_applicable(f"samples: {exc}")
+                continue
+            written.append(grid_file(paths))
         for pair in pairs if what != "curve" else ():
             try:
-                written.append(_pair_analysis(what, paths, pair, record, request))
+                written.append(_pair_analysis(what, paths, pair, record, request, samples))
             except OodbenchError as exc:
                 not_applicable(f"{what} of {pair}: {exc}")
     return AnalyzeResult(tuple(written), tuple(skipped))

@@ -121,18 +121,26 @@ def _flagged(scores: np.ndarray, threshold: float | None) -> float | None:
     return float(np.mean(scores > threshold)) if threshold is not None else None
 
 
+def _having(variant: Score, stats: pd.DataFrame) -> pd.DataFrame:
+    """The images of a set that have every statistic `variant` needs: all of them, except where an optional
+    statistic was computed on a subsample only (EvalConfig.extra_images) or not on this set (`compared_sets`)."""
+    return stats[stats[list(variant.needs)].notna().all(axis=1)] if not variant.missing(set(stats.columns)) else stats
+
+
 def _score_units(variant: Score, stats: dict[str, pd.DataFrame], fit_set: str) -> tuple[Score, np.ndarray, np.ndarray]:
-    fitted = variant.fit(stats[fit_set])
-    return fitted, fitted.score(stats["in_test"]), fitted.score(stats["out_test"])
+    fitted = variant.fit(_having(variant, stats[fit_set]))
+    return fitted, fitted.score(_having(variant, stats["in_test"])), fitted.score(_having(variant, stats["out_test"]))
 
 
 def _set_scores(fitted: Score, stats: pd.DataFrame) -> np.ndarray:
-    """A set's per-sample scores; NaN for a set without the statistics the score needs (see `compared_sets`)."""
-    if len(stats) == 0:
-        return np.empty(0)
-    if fitted.missing(set(stats.columns)) or stats[list(fitted.needs)].isna().any(axis=None):
-        return np.full(len(stats), np.nan)
-    return fitted.score(stats)
+    """A set's per-sample scores; NaN for the images without the statistics the score needs (see `_having`)."""
+    values = np.full(len(stats), np.nan)
+    if len(stats) == 0 or fitted.missing(set(stats.columns)):
+        return values
+    having = stats[list(fitted.needs)].notna().all(axis=1).to_numpy()
+    if having.any():
+        values[having] = fitted.score(stats[having])
+    return values
 
 
 def score_rows(stats: dict[str, pd.DataFrame], base: dict[str, Any], variants: list[Score], *, family: str,

@@ -23,6 +23,7 @@ its own run folder's cache (`runner/evaluate.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -51,7 +52,8 @@ from oodbench.units import bits_per_dim
 STATISTICS_VERSION = 1  # part of every cache key: bump when what a model outputs per image changes
 CODECS = ("png", "jpeg2000")
 # The evaluation settings each optional statistic depends on (part of its cache key).
-STATISTIC_SETTINGS = {"regret": ("regret_steps", "regret_lr")}
+STATISTIC_SETTINGS = {"regret": ("regret_steps", "regret_lr"), "gradients": (),  # gradients: models/gradients.py
+                      "lid": ("lid_fraction", "lid_delta")}  # lid: analysis/lid.py
 
 
 def cache_key(checkpoint_digest: str, images: ImageSet, noise_seed: int, bound: str,
@@ -219,7 +221,8 @@ def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eva
     digest = file_digest(checkpoint)
     outputs, computed, writer = _cached_outputs(module, sets, cfg, paths=paths, digest=digest, statistic="likelihood",
                                                 quiet=quiet, recompute=recompute)
-    wanted = {name: images for name, images in sets.items() if extra_sets is None or name in extra_sets}
+    wanted = {name: seeded_subset(images, cfg.extra_images) for name, images in sets.items()
+              if extra_sets is None or name in extra_sets}
     for statistic in extras:
         extra, more, writes = _cached_outputs(module, wanted, cfg, paths=paths, digest=digest, statistic=statistic,
                                               quiet=quiet, recompute=recompute)
@@ -228,6 +231,17 @@ def set_statistics(module: LikelihoodModule, sets: dict[str, ImageSet], cfg: Eva
         computed += [name for name in more if name not in computed]
         writer = writer and writes
     return {name: assemble(outputs[name], images, bpd_dims) for name, images in sets.items()}, computed, writer
+
+
+EXTRA_SEED = 3  # which images of a set get the optional statistics when EvalConfig.extra_images caps them
+
+
+def seeded_subset(images: ImageSet, n: int | None) -> ImageSet:
+    """At most `n` images of `images` (a seeded choice, in index order); all of them when n is None or more."""
+    if n is None or n >= len(images):
+        return images
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(EXTRA_SEED))[:n].sort().values
+    return dataclasses.replace(images, images=images.images[chosen].contiguous(), index=images.index[chosen].contiguous())
 
 
 def assemble(outputs: pd.DataFrame, images: ImageSet, bpd_dims: int) -> pd.DataFrame:

@@ -10,7 +10,8 @@ ordered deterministically, so `--shard I/N` (0 <= I < N) gives each of N machine
 
 A flow's cells also get the paper's analyses (runner/analyze.py) of every pair once it is evaluated,
 the profile's `analysis:` settings, and the first seed records the likelihood over training on the
-pairs' OOD sets (runner/ood_curve.py).
+pairs' OOD sets (runner/ood_curve.py); every family's cells get those that apply to any model (its own
+samples, runner/samples.py).
 
 Resuming is by the files a cell leaves (layout.py): `trained.json` means training finished,
 `checkpoints/last.ckpt` means it resumes from the last epoch end (which replays exactly what an
@@ -31,7 +32,7 @@ from oodbench.data import Pair, dataset_availability, parse_dataset_ref, parse_p
 from oodbench import locks
 from oodbench.errors import Interrupted, OodbenchError
 from oodbench.locks import FolderBusy
-from oodbench.runner.analyze import GLOW_FAMILIES, AnalyzeRequest, analyze
+from oodbench.runner.analyze import GLOW_FAMILIES, PAIR_FILES, AnalyzeRequest, analyze, applies
 from oodbench.runner.evaluate import EvalRequest, evaluate
 from oodbench.runner.layout import RunPaths, run_name
 from oodbench.runner.locking import SWEEP_CLAIM, claim_cell
@@ -118,9 +119,11 @@ def _group(profile: Profile, model: str, dataset: str, pairs: tuple[str, ...]) -
     # The curve of the first seed only: one per (model, dataset) is the paper's check, and it costs scoring.
     curve = tuple(dict.fromkeys(str(parse_pair(p).out_ref) for p in pairs)) if flow and analysis.curve \
         and "curve" in analysis.what else ()
+    # A flow's evaluations get every analysis; any family's, those that apply to it (its own samples).
+    analyze = any(applies(what, model) for what in analysis.what if what in PAIR_FILES)
     for seed in seeds:
         group.append(Cell(model, dataset, seed, pairs, background_run=background,
-                          members=members if seed == seeds[-1] else (), analyze=flow,
+                          members=members if seed == seeds[-1] else (), analyze=analyze,
                           curve_ood=curve if seed == seeds[0] else ()))
     return group
 
@@ -159,10 +162,10 @@ def _evaluated(metrics_json: Path, scores: tuple[str, ...] | None) -> bool:
     return complete and set(scores if scores is not None else SCORES.registered()) <= done
 
 
-def _analysed(paths: RunPaths, pair: Pair, analysis: AnalysisConfig) -> bool:
-    """Whether the analyses a sweep writes per pair (the decomposition, the second order) are there."""
-    kinds = [kind for kind, what in (("decomposition", "decomposition"), ("second_order", "second-order"))
-             if what in analysis.what]
+def _analysed(paths: RunPaths, pair: Pair, analysis: AnalysisConfig, model: str) -> bool:
+    """Whether the analyses a sweep writes per pair that apply to `model` (the decomposition, the second order,
+    the samples) are there."""
+    kinds = [kind for what, kind in PAIR_FILES.items() if what in analysis.what and applies(what, model)]
     return all(paths.analysis_file(kind, str(pair.in_ref), str(pair.out_ref)).is_file() for kind in kinds)
 
 
@@ -172,7 +175,7 @@ def plan_cell(cell: Cell, runs_dir: Path, data_root: str | None, download: bool,
     todo, skipped, analyses = [], [], []
     for text in cell.pairs:
         pair = parse_pair(text)
-        if cell.analyze and analysis is not None and not _analysed(paths, pair, analysis):
+        if cell.analyze and analysis is not None and not _analysed(paths, pair, analysis, cell.model):
             analyses.append(text)  # once evaluated: now, or in an earlier sweep
         if _evaluated(paths.eval_dir(str(pair.in_ref), str(pair.out_ref)) / "metrics.json", scores):
             continue
@@ -238,7 +241,7 @@ def run_cell(plan: CellPlan, settings: SweepSettings, notify: Callable[[str], No
                              background=background, members=members or ()))
     analysis = settings.profile.analysis
     # The curve is recorded on a (model, dataset)'s first seed only: the other seeds have none to read.
-    what = tuple(w for w in analysis.what if w != "curve" or cell.curve_ood)
+    what = tuple(w for w in analysis.what if (w != "curve" or cell.curve_ood) and applies(w, cell.model))
     if plan.analyses and what:
         analysis = dataclasses.replace(analysis, what=what)
         result = analyze(AnalyzeRequest(run=paths, pairs=plan.analyses, analysis=analysis,

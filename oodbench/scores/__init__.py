@@ -18,7 +18,9 @@ from oodbench.registry import Registry
 from oodbench.scores.base import Score
 from oodbench.scores.complexity import InputComplexity
 from oodbench.scores.dose import DoSE
+from oodbench.scores.dual_threshold import ESTIMATORS, LIDDualThreshold
 from oodbench.scores.ensemble import WAIC, EnsembleLikelihood
+from oodbench.scores.gradients import FisherCombined, LayerGradients, ScoreStatistic
 from oodbench.scores.likelihood import Likelihood
 from oodbench.scores.likelihood_ratio import LikelihoodRatio
 from oodbench.scores.regret import LikelihoodRegret
@@ -34,6 +36,10 @@ SCORES.add("likelihood_ratio", (LikelihoodRatio(),))
 SCORES.add("ensemble_likelihood", (EnsembleLikelihood(),))
 SCORES.add("waic", (WAIC(),))
 SCORES.add("likelihood_regret", (LikelihoodRegret(),))
+SCORES.add("score_statistic", (ScoreStatistic("layer"), ScoreStatistic("identity")))
+SCORES.add("fisher_combined", (FisherCombined(),))
+SCORES.add("layer_gradients", (LayerGradients(),))
+SCORES.add("lid_dual_threshold", tuple(LIDDualThreshold(estimator) for estimator in ESTIMATORS))
 
 
 def score_variants(names: tuple[str, ...] | None) -> list[Score]:

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import gaussian_kde
 
 from oodbench.scores.base import Score, fitted_state
-from oodbench.schema import COST_PREFIXES, JOINED_PREFIXES, MODEL_FREE_STATISTICS, OPTIONAL_STATISTICS
+from oodbench.schema import COST_PREFIXES, JOINED_PREFIXES, MODEL_FREE_STATISTICS, OPTIONAL_PREFIXES, OPTIONAL_STATISTICS
 
 _LEVEL = re.compile(r"^(?P<total>.+)_level\d+$")
 
@@ -34,7 +34,7 @@ _LEVEL = re.compile(r"^(?P<total>.+)_level\d+$")
 def summary_statistics(columns: list[str]) -> list[str]:
     """The model statistics DoSE models: bits/dim and the family's parts, per-level terms instead of totals."""
     model = [c for c in columns if c not in ("index", "log_px", *MODEL_FREE_STATISTICS, *OPTIONAL_STATISTICS)
-             and not c.startswith(JOINED_PREFIXES + COST_PREFIXES)]
+             and not c.startswith(JOINED_PREFIXES + COST_PREFIXES + OPTIONAL_PREFIXES)]
     totals = {match.group("total") for c in model if (match := _LEVEL.match(c))}
     return [c for c in model if c not in totals]
 

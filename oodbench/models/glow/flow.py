@@ -8,6 +8,10 @@ squeeze -> K steps -> split, the split factoring out half of the channels under 
 conditional prior; the last level's z goes to the top prior. Then, by the change of variables,
     log p(y) = log_pz (all levels' priors) + logdet (every actnorm, 1x1 conv and coupling).
 
+For Kamkari et al.'s dual threshold (`scores/dual_threshold.py`) Glow also gives, on request, each image's
+local intrinsic dimension (`extra_statistic("lid")`, analysis/lid.py): the singular values of the Jacobian of
+its generative map eps -> y, eps the standard-normal noise behind every latent (`to_noise`, `from_noise`).
+
 Speed without changing the function: after actnorm's data-dependent initialisation, steps 1 and 2
 are one affine 1x1 conv, W ((x + b) * s) = (W diag(s)) x + W (b * s), and the LU-composed W is built
 once per call. `FlowStep.forward_unfused` is the literal reference the tests compare against.
@@ -15,10 +19,14 @@ once per call. `FlowStep.forward_unfused` is the literal reference the tests com
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oodbench.analysis.lid import flow_lid
+from oodbench.data.quantize import dequantize
 from oodbench.errors import OodbenchError
 from oodbench.models.base import DequantizedFlow
 from oodbench.models.glow.actnorm import ActNorm
@@ -86,6 +94,9 @@ class FlowLevel(nn.Module):
 class Glow(DequantizedFlow):
     """Multi-scale Glow on y in [0,1)^D; see `GlowConfig` for its settings."""
 
+    # "lid": each image's local intrinsic dimension, for the dual threshold (analysis/lid.py)
+    extra_statistics = DequantizedFlow.extra_statistics + ("lid",)
+
     def __init__(self, config: GlowConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or GlowConfig()
@@ -113,10 +124,11 @@ class Glow(DequantizedFlow):
         levels = range(1, self.config.levels + 1)
         return ("log_pz", "logdet", *(f"log_pz_level{i}" for i in levels), *(f"logdet_level{i}" for i in levels))
 
-    def _encode(self, y: torch.Tensor, keep_latents: bool) -> tuple[list[torch.Tensor], list[torch.Tensor],
-                                                                     list[torch.Tensor]]:
+    def _encode(self, y: torch.Tensor, keep_latents: bool, standard: bool = False,
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """(latents if kept, the prior term of each level, the log-determinant of each level), finest first.
-        A level's prior term is its split's conditional prior; the top level's is the top prior."""
+        A level's prior term is its split's conditional prior; the top level's is the top prior.
+        `standard`: each latent kept as the N(0, I) noise its prior maps to it, (z - mean) / scale."""
         self._check_shape(y)
         x = y - 0.5  # centre the data; a shift has log-determinant 0
         latents, log_pz, logdet = [], [], []
@@ -130,9 +142,14 @@ class Glow(DequantizedFlow):
             if level.split is not None:
                 x, z2, split_log_pz = level.split(x)
                 log_pz.append(split_log_pz)
+                if keep_latents and standard:  # the N(0, I) noise this prior maps to z2
+                    mean, log_scale = level.split._mean_and_log_scale(x)
+                    z2 = (z2 - mean) * (-log_scale).exp()
                 if keep_latents:
                     latents.append(z2)
         log_pz.append(self.top_prior(x))
+        if keep_latents and standard:
+            x = (x - self.top_prior.mean.view(1, -1, 1, 1)) * (-self.top_prior.log_scale).exp().view(1, -1, 1, 1)
         if keep_latents:
             latents.append(x)
         return latents, log_pz, logdet
@@ -150,19 +167,66 @@ class Glow(DequantizedFlow):
         """y -> [z of each split, ..., top z]: the latents, finest level first."""
         return self._encode(y, keep_latents=True)[0]
 
-    def decode(self, latents: list[torch.Tensor | None], temperature: float = 1.0) -> torch.Tensor:
-        """The inverse of `encode`; a None split latent is drawn from its prior at `temperature`."""
+    def decode(self, latents: list[torch.Tensor | None], temperature: float = 1.0, *, standard: bool = False) -> torch.Tensor:
+        """The inverse of `encode`; a None split latent is drawn from its prior at `temperature`. `standard`:
+        the latents are N(0, I) noise, each mapped through its prior (mean + scale * noise) first."""
         if len(latents) != len(self.levels):
             raise OodbenchError(f"decode needs {len(self.levels)} latents (one per level), got {len(latents)}")
         x = latents[-1]
+        if standard:
+            x = self.top_prior.mean.view(1, -1, 1, 1) + self.top_prior.log_scale.exp().view(1, -1, 1, 1) * x
         split_latents = [*latents[:-1], None]  # the top level has no split
         for level, z2 in zip(reversed(self.levels), reversed(split_latents), strict=True):
             if level.split is not None:
+                if standard and z2 is not None:
+                    mean, log_scale = level.split._mean_and_log_scale(x)
+                    z2 = mean + log_scale.exp() * z2
                 x = level.split.reverse(x, z2, temperature)
             for step in reversed(level.steps):
                 x = step.reverse(x)[0]
             x = unsqueeze(x)
         return x + 0.5
+
+    def to_noise(self, y: torch.Tensor) -> torch.Tensor:
+        """y (B, C, H, W) -> eps [B, D]: the standard-normal noise the generative map sends to y, every level's
+        latent standardised by its prior and flattened, finest level first. `from_noise` inverts it."""
+        return torch.cat([z.flatten(1) for z in self._encode(y, keep_latents=True, standard=True)[0]], dim=1)
+
+    def from_noise(self, eps: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
+        """eps [B, D] -> y (B, *image_shape): the generative map g, the inverse of `to_noise`."""
+        channels, height, width = image_shape
+        shapes = []
+        for level in self.levels:  # each latent's (C, H, W), as `_encode` leaves them
+            channels, height, width = 4 * channels, height // 2, width // 2
+            if level.split is not None:
+                shapes.append((channels - level.split.kept, height, width))
+                channels = level.split.kept
+        shapes.append((channels, height, width))
+        parts = eps.split([math.prod(shape) for shape in shapes], dim=1)
+        return self.decode([part.reshape(-1, *shape) for part, shape in zip(parts, shapes, strict=True)], standard=True)
+
+    def extra_statistic(self, name: str, x: torch.Tensor, noise: torch.Tensor | None,
+                        settings: dict[str, float]) -> dict[str, torch.Tensor]:
+        """"lid": per image, `lid` (singular values of the generative map's Jacobian above e^lid_delta) and
+        `lid_lidl` (the linearised LIDL rate at lid_delta), analysis/lid.py, at the dequantized image the
+        likelihood was scored at; NaN for images outside the subsample (`lid_subsample`)."""
+        if name != "lid":
+            return super().extra_statistic(name, x, noise, settings)
+        lids = {key: x.new_full((x.shape[0],), float("nan"), dtype=torch.float32) for key in ("lid", "lid_lidl")}
+        chosen = lid_subsample(noise, x.shape[0], settings["lid_fraction"]).to(x.device)
+        if chosen.any():
+            y = dequantize(x, noise)[chosen]
+            found = flow_lid(lambda eps: self.from_noise(eps, tuple(y.shape[1:])), self.to_noise(y),
+                             settings["lid_delta"])
+            for key, value in found.items():
+                lids[key][chosen] = value.float()
+        return lids
+
+    def statistic_passes(self, name: str, settings: dict[str, float]) -> str:
+        if name == "lid":
+            share = f"on a {settings['lid_fraction']:g} share of images" if settings["lid_fraction"] else "off"
+            return f"D Jacobian-vector products through the inverse and a D x D eigendecomposition per image, {share}"
+        return super().statistic_passes(name, settings)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, *, image_size: tuple[int, int]) -> torch.Tensor:
@@ -173,3 +237,16 @@ class Glow(DequantizedFlow):
             raise OodbenchError(f"image_size {image_size} must be divisible by {factor} for {self.config.levels} levels")
         top = self.top_prior.sample(n, height // factor, width // factor, temperature)
         return self.decode([None] * (len(self.levels) - 1) + [top], temperature)
+
+
+def lid_subsample(noise: torch.Tensor | None, n: int, fraction: float | None) -> torch.Tensor:
+    """Which images of a batch get an LID (bool [n]): a seeded Bernoulli(`fraction`) draw per image, read off
+    the first value of its dequantization noise, uniform and a function of (noise seed, image index) only
+    (data/quantize.py), so the subsample depends neither on batching nor on the process count. The exact
+    Jacobian costs D products per image, so the LID is taken on a subsample, as the authors do (128 images per
+    set); None or 0: no image. Without noise (a direct call): every image when `fraction` is set."""
+    if not fraction:
+        return torch.zeros(n, dtype=torch.bool)
+    if noise is None:
+        return torch.ones(n, dtype=torch.bool)
+    return noise.reshape(n, -1)[:, 0] < fraction

@@ -51,7 +51,7 @@ class VAE(LikelihoodModel):
     """A convolutional VAE on uint8 images (B, C, S, S); see `VAEConfig` and `networks`."""
 
     part_names = ("elbo", "kl", "reconstruction")
-    extra_statistics = ("regret",)
+    extra_statistics = ("regret", "gradients")  # gradients: of its single-sample ELBO (models/gradients.py)
     discretization = "exact discrete decoder (256-way categorical); log_px is a lower bound on log p(x)"
 
     def __init__(self, config: VAEConfig | None = None) -> None:
