@@ -67,6 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from oodbench.config import DEFAULT_BENCHMARKS, load_profile
 from oodbench.errors import OodbenchError
+from oodbench.machine import cpu_model
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.families import build_model, model_config
 from oodbench.models.glow import Glow, GlowConfig
@@ -167,16 +168,6 @@ def benches(size: str, config: Path = DEFAULT_BENCHMARKS) -> dict[str, BenchSpec
     if size not in SIZES:
         raise OodbenchError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
     return BENCHES if size == "bench" else paper_benches(config)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -407,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "cuda_total_mib": torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else None,
         "cuda_tf32": cuda_tf32() if device.type == "cuda" else None,
         "size": args.size,

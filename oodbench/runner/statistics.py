@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from oodbench.atomic import write_arrays
 from oodbench.config import EvalConfig
 from oodbench.data import ImageSet
 from oodbench.data.compression import compressed_bits_timed
+from oodbench.machine import cpu_model
 from oodbench.models.module import LikelihoodModule
 from oodbench.runner.callbacks import Failpoints
 from oodbench.runner.layout import RunPaths, slug
@@ -164,18 +164,8 @@ def machine_name(device: torch.device, processes: int = 1) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{_cpu_model()}, {torch.get_num_threads()} thread(s)"
+        name = f"{cpu_model()}, {torch.get_num_threads()} thread(s)"
     return f"{processes} x {name}" if processes > 1 else name
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
 
 
 def extra_settings(statistic: str, cfg: EvalConfig) -> dict[str, float]:
@@ -254,6 +244,6 @@ def assemble(outputs: pd.DataFrame, images: ImageSet, bpd_dims: int) -> pd.DataF
         frame[f"{codec}_bpd"] = bits / bpd_dims
         # what the compression cost (runner/costs.py), where it was computed
         frame[f"seconds:{codec}"] = seconds
-        frame[f"machine:{codec}"] = f"{_cpu_model()}, {os.cpu_count()} thread(s)"
+        frame[f"machine:{codec}"] = f"{cpu_model()}, {os.cpu_count()} thread(s)"
     frame.attrs["bpd_dims"] = bpd_dims
     return frame
