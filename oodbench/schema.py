@@ -84,6 +84,17 @@ RESULT_COLUMNS = (
 )
 
 
+# The columns of results.csv and scores.csv that are measured on the clock (or name the machine), not computed
+# from the images and the weights: two runs that compute the same thing differ in these and only these.
+MEASURED_RESULT_COLUMNS = ("train_seconds", "cost_seconds_per_1000", "cost_machine")
+
+
+def measured_columns(columns) -> list[str]:
+    """Those of `columns` (of results.csv or scores.csv) that are timings or machine names: what two
+    identical computations are allowed to differ in."""
+    return [c for c in columns if c in MEASURED_RESULT_COLUMNS or c.startswith(COST_PREFIXES)]
+
+
 def gradient_column(parameter: str, entries: int) -> str:
     """The statistic column of one parameter tensor's squared gradient norm ("grad_sq:conv.weight[864]")."""
     return f"{GRADIENT_PREFIX}{parameter}[{entries}]"

@@ -165,9 +165,15 @@ def roc_figure(scores: pd.DataFrame, row: dict[str, Any]) -> plt.Figure:
     inside, outside = scores[scores["set"] == "in_test"], scores[scores["set"] == "out_test"]
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
     for column in (c for c in scores.columns if c.startswith(SCORE_PREFIX)):
-        fpr, tpr = roc_points(inside[column], outside[column])
-        auroc = ood_metrics(inside[column], outside[column]).auroc
-        ax.plot(fpr, tpr, linewidth=1.2, label=f"{_short(column)} (AUROC {auroc:.3f})")
+        # A score that reads an optional statistic has it on a seeded subsample only (EvalConfig.extra_images):
+        # the other images are NaN in its column, and its curve is drawn on the images it scored.
+        s_in, s_out = inside[column].dropna(), outside[column].dropna()
+        if s_in.empty or s_out.empty:
+            continue
+        fpr, tpr = roc_points(s_in, s_out)
+        auroc = ood_metrics(s_in, s_out).auroc
+        subset = f", n={len(s_in):,}/{len(s_out):,}" if len(s_in) < len(inside) or len(s_out) < len(outside) else ""
+        ax.plot(fpr, tpr, linewidth=1.2, label=f"{_short(column)} (AUROC {auroc:.3f}{subset})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel("false-positive rate (in-distribution flagged)")
     ax.set_ylabel("true-positive rate (OOD flagged)")

@@ -174,3 +174,17 @@ def test_the_roc_figure_has_every_per_sample_score_with_its_auroc():
     fpr, tpr = roc_points([1, 2, 3, 4], [5, 6, 7, 8])
     assert fpr[0] == 0 and tpr[-1] == 1 and np.trapezoid(tpr, fpr) == 1.0
     plt.close("all")
+
+
+def test_the_roc_figure_draws_a_subsampled_score_on_the_images_it_scored():
+    # A gradient score is computed on a seeded subsample (EvalConfig.extra_images): NaN elsewhere.
+    from oodbench.report.figures import roc_figure
+
+    frame = pd.DataFrame({
+        "set": ["in_test"] * 4 + ["out_test"] * 4,
+        "score:likelihood": [1, 2, 3, 4, 5, 6, 7, 8],
+        "score:score_statistic": [1, np.nan, 3, np.nan, 2, np.nan, np.nan, 8],  # in (1, 3) vs out (2, 8): 3 of 4
+    })
+    labels = [text.get_text() for text in roc_figure(frame, ROW).axes[0].get_legend().get_texts()]
+    assert labels == ["BPD (AUROC 1.000)", "score_statistic (AUROC 0.750, n=2/2)"]
+    plt.close("all")

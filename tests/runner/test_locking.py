@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from oodbench.schema import measured_columns
+
 from tests.runner.test_kill_resume import TINY_YAML, environment
 
 TRAIN = ["train", "--model", "glow", "--dataset", "fashionmnist", "--data-root", "demo", "--epochs", "2",
@@ -131,5 +133,5 @@ def test_two_sweeps_on_one_folder_share_the_cells_and_equal_one_sweep(tmp_path):
         assert epochs(tmp_path / "shared" / cell)["epoch"].tolist() == [1, 2, 3]
         pd.testing.assert_frame_equal(epochs(tmp_path / "shared" / cell), epochs(tmp_path / "alone" / cell))
     reference = pd.read_csv(tmp_path / "results-alone" / "results.csv")
-    same = [c for c in reference.columns if c not in ("run", "background_run", "members", "train_seconds")]
+    same = [c for c in reference.columns if c not in ("run", "background_run", "members", *measured_columns(reference.columns))]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results-shared" / "results.csv")[same], reference[same])
