@@ -1,0 +1,140 @@
+"""Where a family's training step spends its time, by operator kind (issue 23's profile).
+
+    python scripts/profile_ops.py [--families glow,pixelcnn,vae] [--precision 32-true,bf16-mixed]
+                                  [--steps 5] [--batch 64] [--threads 2] [--out profile.json]
+
+Each family of `make bench` (`scripts/bench.py`'s BENCHES, the same sizes and the same training step:
+forward of the training objective, mean bits/dim, backward, Adam) runs `--steps` steps under
+torch.profiler after two untimed ones, and every operator's self CPU time goes into one of a few kinds:
+matrix work (convolutions and matrix products, oneDNN's included), casts (dtype conversions: what
+bf16 autocast adds), layout reorders and copies (contiguous, oneDNN reorders, permutes that copy),
+elementwise and reductions (everything else a kernel does), and the optimizer. The JSON and the printed
+table give each kind's share of the step and the top operators, so a change can be aimed at what the
+step actually does beyond the matrix units' work.
+
+A machine without bf16 matrix units (lscpu: neither amx_bf16 nor avx512_bf16) would run bf16 emulated:
+its bf16 rows are skipped with that said, as `make bench` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import BENCHES  # noqa: E402  (scripts/bench.py: the families at make bench's sizes)
+
+from oodbench.machine import cpu_model  # noqa: E402
+from oodbench.models.module import make_optimizer  # noqa: E402
+from oodbench.units import bits_per_dim  # noqa: E402
+
+# Operator name fragments -> kind; the first match wins, so the specific kinds come first.
+KINDS = (
+    ("optimizer", ("adam", "_foreach_", "optimizer")),
+    ("cast", ("aten::to", "aten::_to_copy", "_autocast", "aten::type_as")),
+    ("layout reorder / copy", ("reorder", "aten::contiguous", "aten::copy_", "aten::clone", "to_dense", "to_mkldnn",
+                               "aten::cat", "aten::stack", "aten::pad", "constant_pad")),
+    ("matrix work (conv / matmul)", ("conv", "mkldnn_convolution", "aten::mm", "aten::bmm", "aten::addmm",
+                                     "aten::matmul", "aten::linear", "aten::baddbmm", "slow_conv", "_mkldnn")),
+)
+OTHER = "elementwise / reductions / other"
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    for kind, fragments in KINDS:
+        if any(fragment.lower() in lowered for fragment in fragments):
+            return kind
+    return OTHER
+
+
+def bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16), from /proc/cpuinfo's flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def profile_step(family: str, precision: str, *, steps: int, batch: int) -> dict:
+    spec = BENCHES[family]
+    torch.manual_seed(0)
+    model = spec.build()
+    x = spec.make_input(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    dims = x[0].numel()
+    with torch.no_grad():
+        model.training_log_prob(x)  # data-dependent initialisation, as training does first
+    model.train()
+    optimizer = make_optimizer(model.parameters(), "adam", lr=1e-3, precision=precision)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = bits_per_dim(model.training_log_prob(x), dims).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    by_kind: dict[str, float] = defaultdict(float)
+    for event in events:
+        by_kind[kind_of(event.key)] += event.self_cpu_time_total
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    return {
+        "family": family, "precision": precision, "batch": batch, "steps": steps,
+        "ms_per_step": total / steps / 1e3,
+        "share_by_kind": {kind: round(us / total, 4) for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top_operators": [{"op": e.key, "kind": kind_of(e.key), "share": round(e.self_cpu_time_total / total, 4),
+                           "calls_per_step": e.count / steps} for e in top],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default="glow,pixelcnn,vae")
+    parser.add_argument("--precision", default="32-true,bf16-mixed")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    unknown = [f for f in families if f not in BENCHES]
+    if unknown:
+        parser.error(f"unknown families {unknown}; valid: {', '.join(BENCHES)}")
+    precisions = [p for p in args.precision.split(",") if p]
+    if any(p not in ("32-true", "bf16-mixed") for p in precisions):
+        parser.error("--precision takes 32-true and/or bf16-mixed")
+    if "bf16-mixed" in precisions and not bf16_matrix_units():
+        print("this CPU has no bf16 matrix units (no amx_bf16 or avx512_bf16 in /proc/cpuinfo): bf16 would be "
+              "emulated, so its rows are skipped", file=sys.stderr)
+        precisions.remove("bf16-mixed")
+    torch.set_num_threads(args.threads)
+    results = []
+    for family in families:
+        for precision in precisions:
+            print(f"profiling {family} {precision} ...", file=sys.stderr, flush=True)
+            result = profile_step(family, precision, steps=args.steps, batch=args.batch)
+            results.append(result)
+            shares = ", ".join(f"{kind} {share:.0%}" for kind, share in result["share_by_kind"].items())
+            print(f"{family:10s} {precision:10s} {result['ms_per_step']:8.1f} ms/step  {shares}")
+    report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
