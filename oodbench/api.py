@@ -109,8 +109,8 @@ def import_checkpoint(source: str, files: str | Path | Sequence[str | Path], *, 
                       run_dir: str | Path | None = None, data_root: str | None = None,
                       reported_bpd: float | None = None, overwrite: bool = False) -> Run:
     """`oodbench import`: the released checkpoint `files` of `source` ("y0ast-glow", "pclucas14-pixelcnn",
-    "likelihood-regret-vae": the encoder and decoder files) as a run folder, for a model trained on
-    `dataset`. Returns the run, which `evaluate` and `Run.score` take like a trained one."""
+    "likelihood-regret-vae": the encoder and decoder files; "diffusers-ddpm": the model's folder) as a run
+    folder, for a model trained on `dataset`. Returns the run, which `evaluate` and `Run.score` take like a trained one."""
     from oodbench.names import check_checkpoint_source
     from oodbench.runner.importing import ImportRequest, import_checkpoint as run_import
 

@@ -284,7 +284,8 @@ def _trained_line(model: str, dataset: str, result: Any) -> str:
 def import_checkpoint(
     source: Annotated[str, typer.Argument(help=f"Who released the checkpoint: {', '.join(CHECKPOINT_SOURCES)}.")],
     files: Annotated[list[Path], typer.Argument(
-        help="The released file(s), as downloaded (likelihood-regret-vae: the encoder and decoder files).")],
+        help="The released file(s), as downloaded (likelihood-regret-vae: the encoder and decoder files; diffusers-ddpm: "
+        "the model's folder, or its config.json, weights and scheduler_config.json).")],
     dataset: Annotated[str, typer.Option(
         "--dataset", help="The registered dataset the model was trained on, e.g. cifar10, fashionmnist.")],
     run_dir: Annotated[Optional[Path], typer.Option(
@@ -295,8 +296,8 @@ def import_checkpoint(
     data_root: DataRootOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --run-dir.")] = False,
 ) -> None:
-    """Turn a released checkpoint (y0ast's Glow, pclucas14's PixelCNN++, Xiao et al.'s VAEs) into a run folder
-    that evaluate, score, analyze, report and sweep read like a trained one."""
+    """Turn a released checkpoint (y0ast's Glow, pclucas14's PixelCNN++, Xiao et al.'s VAEs, a diffusers DDPM) into a
+    run folder that evaluate, score, analyze, report and sweep read like a trained one."""
     check_checkpoint_source(source)
     dataset = str(parse_dataset_ref(dataset))
     from oodbench.runner.importing import ImportRequest, import_checkpoint as run_import

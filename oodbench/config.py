@@ -152,6 +152,11 @@ class EvalConfig:
     # computed on at most this many images of each set that needs them (a seeded choice, the same for every
     # score), None: all. The scores that read them are fitted and compared on those images (units_in/out).
     extra_images: int | None = at_least(2, None)
+    # A diffusion model's OOD statistics (models/diffusion/ood_statistics.py): DiffPath's DDIM steps from the
+    # image to noise (Heng et al. 2024 use 10) and MSMA's noise levels (Mahmood et al. 2021 use 10); one
+    # network pass each per image.
+    diffpath_steps: int = at_least(2, 10)
+    msma_levels: int = at_least(1, 10)
     accelerator: str = one_of(ACCELERATORS, "auto")
     devices: str = "1"  # scoring is cheap; pass e.g. --devices 2 --strategy ddp to spread it
     num_nodes: int = at_least(1, 1)
@@ -229,8 +234,10 @@ class Profile:
 # likelihood regret ~3 decodes per refit step: with k=256 on every image of two 10,000-image test sets, scoring
 # ran for hours on 2 cores (4.5 images/s). k=16 on 2,000 test images per set (and 500 in-train) takes minutes;
 # every row says its `bound` and image counts. The `paper` profile keeps k=256 on whole test sets.
+# The diffusion model's bound costs K = 32 U-Net passes per image (0.08 s at the CPU default size): the same cut.
 CPU_VAE_EVAL = EvalConfig(iw_samples=16, limit=2000, train_sample=500)
-DEFAULT_PROFILE = Profile(name="default", model_eval={"vae": CPU_VAE_EVAL})
+CPU_DIFFUSION_EVAL = EvalConfig(limit=2000, train_sample=500)
+DEFAULT_PROFILE = Profile(name="default", model_eval={"vae": CPU_VAE_EVAL, "diffusion": CPU_DIFFUSION_EVAL})
 
 C = TypeVar("C")
 

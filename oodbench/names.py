@@ -22,13 +22,13 @@ from oodbench.errors import OodbenchError
 from oodbench.registry import unknown_name
 
 # The built-in model families, in the order they were registered (the order tables show them in).
-BUILTIN_MODELS = ("glow", "cv-glow", "pixelcnn", "vae")
+BUILTIN_MODELS = ("glow", "cv-glow", "pixelcnn", "vae", "diffusion")
 MODELS = BUILTIN_MODELS + plugins.names(plugins.FAMILIES_GROUP, BUILTIN_MODELS)
 
 # The built-in OOD scores, in registry order.
 BUILTIN_SCORES = ("likelihood", "input_complexity", "typicality", "dose", "likelihood_ratio", "ensemble_likelihood",
                   "waic", "likelihood_regret", "score_statistic", "fisher_combined", "layer_gradients",
-                  "lid_dual_threshold")
+                  "lid_dual_threshold", "diffpath", "msma")
 SCORES = BUILTIN_SCORES + plugins.names(plugins.SCORES_GROUP, BUILTIN_SCORES)
 
 
@@ -60,7 +60,7 @@ USER_KINDS = ("folder", "npz")
 
 
 # Who released the checkpoints `oodbench import` converts (published/__init__.py's SOURCES).
-CHECKPOINT_SOURCES = ("y0ast-glow", "pclucas14-pixelcnn", "likelihood-regret-vae")
+CHECKPOINT_SOURCES = ("y0ast-glow", "pclucas14-pixelcnn", "likelihood-regret-vae", "diffusers-ddpm")
 
 
 def check_checkpoint_source(name: str) -> str:

@@ -41,16 +41,23 @@ SET_ROLES = {"in_train": "in-distribution, trained on", "in_val": "in-distributi
 MODEL_FREE_STATISTICS = ("png_bpd", "jpeg2000_bpd")
 # Statistics an evaluation adds only when a score asks for them (the VAE's likelihood regret, which
 # refits each image's posterior; every family's per-image gradient, one column per parameter tensor under
-# OPTIONAL_PREFIXES), and the prefixes of columns joined from other runs (a background
-# model's, an ensemble's members': scores/companions.py). Scores that take "every statistic the model
-# gives" (DoSE) leave them all out, so they do not change with what else was evaluated.
+# OPTIONAL_PREFIXES, as are a diffusion model's DiffPath and MSMA statistics), and the prefixes of columns
+# joined from other runs (a background model's, an ensemble's members': scores/companions.py). Scores that
+# take "every statistic the model gives" (DoSE) leave them all out, so they do not change with what else was
+# evaluated.
 OPTIONAL_STATISTICS = ("regret", "elbo_refit", "grad_norm", "lid", "lid_lidl")  # lid: analysis/lid.py
 JOINED_PREFIXES = ("background_", "member_")
 # The per-image gradient of log p(x) w.r.t. the parameters (models/gradients.py, scores/gradients.py):
 # "grad_sq:<parameter>[<entries>]", its squared L2 norm over one parameter tensor of <entries> numbers
 # (the size travels in the name: the score test's Fisher needs it), and "grad_norm", the whole gradient's norm.
 GRADIENT_PREFIX = "grad_sq:"
-OPTIONAL_PREFIXES = (GRADIENT_PREFIX,)
+# A diffusion model's OOD statistics (models/diffusion/ood_statistics.py, scores/diffpath.py, scores/msma.py):
+# DiffPath's six sums over the DDIM path ("diffpath:eps_sum", ...), MSMA's score norm at each noise level,
+# largest first ("msma:norm_00", "msma:norm_01", ...).
+DIFFPATH_PREFIX = "diffpath:"
+DIFFPATH_STATISTICS = ("eps_sum", "eps_sum_sq", "eps_sum_cb", "deps_dt", "deps_dt_sq", "deps_dt_cb")
+MSMA_PREFIX = "msma:"
+OPTIONAL_PREFIXES = (GRADIENT_PREFIX, DIFFPATH_PREFIX, MSMA_PREFIX)
 # What each statistic cost (runner/statistics.py): "seconds:<statistic>", the measured seconds per image of the
 # predict run that computed it, and "machine:<statistic>", where it ran; cached with the statistic. Not model
 # statistics: no score reads them as such.
@@ -98,6 +105,24 @@ def measured_columns(columns) -> list[str]:
 def gradient_column(parameter: str, entries: int) -> str:
     """The statistic column of one parameter tensor's squared gradient norm ("grad_sq:conv.weight[864]")."""
     return f"{GRADIENT_PREFIX}{parameter}[{entries}]"
+
+
+def diffpath_column(statistic: str) -> str:
+    """The column of one of DiffPath's path statistics ("deps_dt_sq" -> "diffpath:deps_dt_sq")."""
+    if statistic not in DIFFPATH_STATISTICS:
+        raise ValueError(f"DiffPath has no statistic {statistic!r}; it has {', '.join(DIFFPATH_STATISTICS)}")
+    return f"{DIFFPATH_PREFIX}{statistic}"
+
+
+def msma_column(level: int) -> str:
+    """The column of MSMA's score norm at noise level `level` (0: the largest noise): "msma:norm_03"."""
+    return f"{MSMA_PREFIX}norm_{level:02d}"
+
+
+def msma_columns(columns: list[str]) -> list[str]:
+    """MSMA's score-norm columns among `columns`, largest noise first."""
+    found = [c for c in columns if re.fullmatch(re.escape(MSMA_PREFIX) + r"norm_\d+", c)]
+    return sorted(found, key=lambda c: int(c.rsplit("_", 1)[1]))
 
 
 def gradient_columns(columns: list[str]) -> dict[str, int]:

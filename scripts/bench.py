@@ -10,7 +10,8 @@ the hardware's convolutions reach at best.
 
 Two sizes (`--size`). `bench` (the default): Glow and CV-Glow at L=3, K=8, 128 hidden on 3x32x32;
 PixelCNN++ at nr_resnet=1, 64 filters, 10 mixtures on 3x32x32; the VAE (1.34M parameters) with its
-single-sample bound (`vae`) and IWAE-16 (`vae-iwae16`); the sizes issue 3 gives reference speeds for.
+single-sample bound (`vae`) and IWAE-16 (`vae-iwae16`); the sizes issue 3 gives reference speeds for;
+and the diffusion family at its CPU default (`diffusion`, 1.5M parameters, its bound from 32 U-Net passes).
 `paper`: each family of the `paper` profile in benchmarks.yaml (`--config`) at the size written there
 (Glow K=32, L=3, 512 hidden; PixelCNN++ nr_resnet=5, 160 filters; the VAE of Xiao et al.) on 3x32x32,
 and the VAE also scored with the profile's k (`vae-iwae256`): the sizes GPUs are for.
@@ -69,6 +70,7 @@ from oodbench.config import DEFAULT_BENCHMARKS, load_profile
 from oodbench.errors import OodbenchError
 from oodbench.machine import cpu_model
 from oodbench.models.base import LikelihoodModel
+from oodbench.models.diffusion import Diffusion, DiffusionConfig
 from oodbench.models.families import build_model, model_config
 from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.module import float32_likelihood, make_optimizer
@@ -136,6 +138,11 @@ BENCHES: dict[str, BenchSpec] = {
     "vae": _vae_spec(VAEConfig(in_channels=3, iw_samples=1)),
     # the same VAE scored with IWAE-16 (the quick profile's k): k decodes per image
     "vae-iwae16": _vae_spec(VAEConfig(in_channels=3, iw_samples=16), eval_batches=(64,)),
+    # the diffusion family's CPU default (the quick profile's size): training takes one time point per image,
+    # scoring K = 32 U-Net passes per image
+    "diffusion": _spec("Diffusion (VDM bound, diffusers U-Net 32 x (1, 2, 2, 2), attention at 8x8), scored with K=32",
+                       lambda: Diffusion(DiffusionConfig(in_channels=3)), DiffusionConfig(in_channels=3), 32,
+                       eval_batches=(64,)),
 }
 PAPER_SHAPE = (3, 32, 32)  # CIFAR-10, the paper profile's first in-distribution set
 SIZES = ("bench", "paper")

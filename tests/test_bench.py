@@ -83,7 +83,7 @@ def test_bf16_mixed_is_refused_where_it_would_be_emulated(bench, monkeypatch, ca
 
 def test_paper_size_builds_each_family_at_the_papers_size_from_benchmarks_yaml(bench):
     specs = bench.paper_benches()
-    assert list(specs) == ["glow", "cv-glow", "pixelcnn", "vae", "vae-iwae256"]
+    assert list(specs) == ["glow", "cv-glow", "pixelcnn", "vae", "vae-iwae256", "diffusion"]
     configs = {name: spec.config for name, spec in specs.items()}
     # Kingma & Dhariwal 2018: K=32, L=3, 512 hidden; Salimans et al. 2017: nr_resnet=5, 160 filters, 10 mixtures
     for name, coupling in (("glow", "affine"), ("cv-glow", "additive")):
@@ -96,6 +96,11 @@ def test_paper_size_builds_each_family_at_the_papers_size_from_benchmarks_yaml(b
     assert configs["vae-iwae256"]["iw_samples"] == 256 and specs["vae-iwae256"].eval_batches == (64,)
     assert all(config["input_shape"] == [3, 32, 32] for config in configs.values())
     assert specs["glow"].build().config.steps == 32
+    # Ho et al. 2020's CIFAR-10 U-Net: 128 channels, multipliers (1, 2, 2, 2), 2 blocks, attention at 16, dropout 0.1
+    assert {k: configs["diffusion"][k] for k in ("channels", "channel_mult", "layers_per_block", "attention_resolutions",
+                                                "dropout")} == {"channels": 128, "channel_mult": (1, 2, 2, 2),
+                                                                "layers_per_block": 2, "attention_resolutions": (16,),
+                                                                "dropout": 0.1}
 
 
 TINY_PAPER = """\

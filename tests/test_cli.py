@@ -183,7 +183,7 @@ def assert_one_line_error(code, err, expected_code=2, *fragments):
     (["train", "--model", "glow", "--dataset", "mnist", "--precision", "bf16-true"], ["--precision", "bf16-mixed"]),
     (["evaluate", "--pair", "fashionmnist:mnist", "--model", "glow", "--precision", "bf16-mixed"], ["--precision"]),
     (["evaluate", "--pair", "fashionmnist:mnist", "--model", "glow", "--scores", "likelihood,regret"],
-     ["unknown score 'regret'", "valid names: dose, ensemble_likelihood", "likelihood_regret"]),
+     ["unknown score 'regret'", "valid names: diffpath, dose, ensemble_likelihood", "likelihood_regret"]),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragments, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

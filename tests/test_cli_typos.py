@@ -41,7 +41,7 @@ EVALUATE = ["evaluate", "--pair", "cifar10:svhn", "--model", "glow"]
 CASES = [
     # names
     (["train", "--model", "glwo", "--dataset", "cifar10", "--epochs", "1"],
-     ["unknown model 'glwo'", "cv-glow, glow, pixelcnn, vae"]),
+     ["unknown model 'glwo'", "cv-glow, diffusion, glow, pixelcnn, vae"]),
     (["train", "--model", "glow", "--dataset", "cifar01"], ["unknown dataset 'cifar01'", "cifar10, cifar100"]),
     (["train", "--model", "glow", "--dataset", "svhn@tset"], ["no split 'tset'", "train, test, extra"]),
     (["train", "--model", "glow", "--dataset", "gray:mnist"], ["'gray:mnist'", "already greyscale"]),
@@ -51,7 +51,7 @@ CASES = [
     ([*TRAIN, "--profile", "nope"], ["unknown profile 'nope'", "demo, paper, quick"]),
     (["evaluate", "--pair", "cifar10-svhn", "--model", "glow"], ["malformed pair 'cifar10-svhn'", "IN:OUT"]),
     (["evaluate", "--pair", "cifar10:svnh", "--model", "glow"], ["unknown dataset 'svnh'", "svhn"]),
-    (["evaluate", "--pair", "cifar10:svhn", "--model", "glwo"], ["unknown model 'glwo'", "cv-glow, glow"]),
+    (["evaluate", "--pair", "cifar10:svhn", "--model", "glwo"], ["unknown model 'glwo'", "cv-glow, diffusion, glow"]),
     ([*EVALUATE, "--scores", "likelihood,typicalty"], ["unknown score 'typicalty'", "typicality"]),
     (["sweep", "--profile", "nope"], ["unknown profile 'nope'", "demo, paper, quick"]),
     (["score", "--run", "runs/x", "--images", "svhn", "--scores", "dos"], ["unknown score 'dos'", "dose"]),

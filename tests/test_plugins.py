@@ -135,7 +135,7 @@ def test_plugin_names_are_checked_and_listed_before_any_import(installed, tmp_pa
         assert all(fragment in lines[0] for fragment in fragments), lines[0]
         assert done.stdout.strip().splitlines()[-1] == "imported:", done.stdout  # no torch, no plugin module
     helped = oodbench(["train", "--help"], installed, tmp_path)
-    assert "glow, cv-glow, pixelcnn, vae, factorized" in " ".join(helped.stdout.split())
+    assert "glow, cv-glow, pixelcnn, vae, diffusion, factorized" in " ".join(helped.stdout.split())
 
 
 @pytest.mark.slow

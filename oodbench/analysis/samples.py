@@ -10,6 +10,8 @@ Each family draws with its own sampler (models/):
   distribution (the prior's mass pulled towards its mode), so it is a setting, not the default.
 - PixelCNN++: pixel by pixel in raster order, H * W network passes per batch (`PixelCNN.sample`).
 - the VAE: z from the prior, then x from the decoder's 256-way categorical (`VAE.sample`).
+- the diffusion model: ancestral sampling from z_1 ~ N(0, I) in `sample_steps` denoiser passes, then its
+  decoder at t = 0 (`Diffusion.sample`).
 A family without a sampler here (a plugin's) has none: `sampler_of` says None.
 `compare` puts the samples' bits/dim beside the test and OOD sets' (means, AUROCs); it never sees a model.
 """
@@ -23,16 +25,17 @@ import torch
 
 from oodbench.errors import OodbenchError
 from oodbench.metrics import auroc_interval, ood_metrics
+from oodbench.models.diffusion import Diffusion
 from oodbench.models.glow import Glow
 from oodbench.models.pixelcnn import PixelCNN
 from oodbench.models.vae import VAE
 from oodbench.units import N_LEVELS
 
-SAMPLERS = {Glow: "glow", PixelCNN: "pixelcnn", VAE: "vae"}
+SAMPLERS = {Glow: "glow", PixelCNN: "pixelcnn", VAE: "vae", Diffusion: "diffusion"}
 
 
 def sampler_of(model: torch.nn.Module) -> str | None:
-    """"glow", "pixelcnn" or "vae": how `model` is sampled; None for a model this module cannot sample."""
+    """"glow", "pixelcnn", "vae" or "diffusion": how `model` is sampled; None for a model this module cannot sample."""
     return next((name for cls, name in SAMPLERS.items() if isinstance(model, cls)), None)
 
 
@@ -51,7 +54,7 @@ def draw_samples(model: torch.nn.Module, n: int, *, image_shape: tuple[int, int,
     kind = sampler_of(model)
     if kind is None:
         raise OodbenchError(f"a {type(model).__name__} has no sampler here (analysis/samples.py samples Glow, "
-                            "PixelCNN++ and the VAE)")
+                            "PixelCNN++, the VAE and the diffusion model)")
     if n < 1 or batch_size < 1:
         raise OodbenchError(f"bad sample count {n} or batch size {batch_size}: both must be at least 1")
     device = next(model.parameters()).device
@@ -80,7 +83,7 @@ def _draw(model: torch.nn.Module, kind: str, n: int, size: tuple[int, ...], temp
         generator = torch.Generator(device=device).manual_seed(seed)  # its draws are made on the model's device
         drawn = [model.sample(b, image_size=size, generator=generator) for b in batches]
     else:
-        generator = torch.Generator().manual_seed(seed)  # the VAE draws z and x on the CPU
+        generator = torch.Generator().manual_seed(seed)  # the VAE and the diffusion model draw on the CPU
         drawn = [model.sample(b, generator=generator) for b in batches]
     return torch.cat(drawn).cpu().contiguous()
 

@@ -6,7 +6,8 @@ therefore scores exactly 8.0 bits/dim.
 
 For evaluation the noise u must not depend on batch size, device or the number of processes, so
 `index_noise` derives it from a counter-based hash of (seed, sample index, pixel position): the same
-sample always gets the same noise, computed on whatever device the batch lives on.
+sample always gets the same noise, computed on whatever device the batch lives on; `standard_normal`
+turns it into Gaussian draws (the VAE's latents, the diffusion model's noise).
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ def index_noise(index: torch.Tensor, shape: tuple[int, ...], seed: int, device=N
     return ((h >> 8).to(torch.float32) * (1.0 / 2**24)).view(-1, *shape)
 
 
+# index_noise is a multiple of 2**-24 in [0, 1); moving it half a step up puts it strictly inside (0, 1),
+# where ndtri is finite. In float64: in float32, 1 - 2**-24 + 2**-25 rounds to 1.0 and ndtri(1.0) = inf,
+# which made a sample's IWAE NaN about once in 2**24 draws (the quick sweep hit it).
+_HALF_STEP = 2.0**-25
+
+
+def standard_normal(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard-normal draws (float32) from `index_noise`'s uniform values, finite for every one of them
+    (the inverse normal CDF of each value moved half a grid step up: k and 2**24 - 1 - k map to opposite draws)."""
+    return torch.special.ndtri(uniform.double() + _HALF_STEP).float()
+
+
 def dequantize(x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Map uint8 pixels x (B, C, H, W) to y = (x + u) / 256 in [0, 1).
 
@@ -62,6 +75,13 @@ def dequantize(x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tens
     # value below 1 in y's dtype replaces exactly that value, and nothing else: every y below 1 is left as
     # it was, and a y above 1 (a bug upstream, never rounding) stays visible instead of being clamped away.
     return torch.where(y == 1.0, 1.0 - torch.finfo(y.dtype).eps / 2, y)
+
+
+def equal_bin_centres(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> the centres of their 256 equal bins of [-1, 1]: 2 (x + 1/2) / 256 - 1, float32.
+    A variational diffusion model's data (Kingma et al. 2021, VDM's `encode`), and its decoder's 256 levels.
+    (PixelCNN++ and DDPM put the levels at k / 127.5 - 1 instead, ends at -1 and 1: pixelcnn.logistic_mixture.)"""
+    return (x.to(torch.float32) + 0.5) * (2.0 / N_LEVELS) - 1.0
 
 
 def discretization_nats(n_dims: int) -> float:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from oodbench.config import from_mapping
 from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
+from oodbench.models.diffusion import Diffusion, DiffusionConfig
 from oodbench.models.glow import Glow, GlowConfig
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
@@ -54,13 +55,18 @@ FAMILIES.add("vae", ModelFamily(
     "vae", "Convolutional VAE with a 256-way categorical decoder, scored by the importance-weighted bound",
     VAEConfig, VAE,
 ))
+FAMILIES.add("diffusion", ModelFamily(
+    "diffusion", "Variational diffusion model (Kingma et al. 2021) with diffusers' U-Net, scored by its bound "
+    "(Monte Carlo over time); discrete-time DDPM (Ho et al. 2020) for released checkpoints",
+    DiffusionConfig, Diffusion,
+))
 
 
 def model_config(family: str, settings: dict[str, Any] | None = None, *,
                  image_shape: tuple[int, ...] | None = None, where: str = "model settings") -> Any:
     """The family's typed config from user settings; the family's fixed settings win. `image_shape`
     (C, H, W), when given, sets `in_channels`, and `image_size` for families whose network is not
-    fully convolutional (the VAE's fixed-size latent)."""
+    fully convolutional (the VAE's fixed-size latent, the diffusion U-Net's sides)."""
     spec = FAMILIES.get(family)
     values = dict(settings or {})
     for key, value in spec.fixed.items():

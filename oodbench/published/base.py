@@ -4,7 +4,9 @@ A `Source` names where weights were published (the repository, its files, the bi
 converts the tensors of those files into one of oodbench's families: `convert(states)` takes the state
 dicts read from the user's files (`read_state`, with weights_only=True) and returns a `Converted`: the
 family, the model settings read off the tensors' shapes and key names, and a state dict of that family's
-model. `Converted.build()` loads it strictly: a file whose shapes do not fit is an error, never a partly
+model. A release that is more than tensors (diffusers' folders: JSON configs beside safetensors weights)
+is read by its source's own `load(paths)`, as safely, which returns the `Converted` model and the files it
+read. `Converted.build()` loads it strictly: a file whose shapes do not fit is an error, never a partly
 loaded model. Converters refuse, in one line naming what is supported, a layout they do not know or a
 setting oodbench does not model (`ImportRefused`).
 """
@@ -69,15 +71,18 @@ class Source:
     files: how many files one model takes (a VAE's encoder and decoder: 2).
     published: what was released, where, and the bits/dim its authors report, per dataset (README, run record).
     convert: the state dicts of the files (in any order) -> `Converted`.
+    load: for a source that reads its files itself, the paths the user gave (files, or a folder) ->
+        (`Converted`, the files read); `convert` and the count of `files` are then not used.
     """
 
     name: str
     repository: str
     family: str
     description: str
-    convert: Callable[[list[State]], Converted]
+    convert: Callable[[list[State]], Converted] | None = None
     files: int = 1
     published: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load: Callable[[tuple[Path, ...]], tuple[Converted, tuple[Path, ...]]] | None = None
 
 
 def read_state(path: Path) -> State:

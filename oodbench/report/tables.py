@@ -138,11 +138,14 @@ def published_markdown(summary: pd.DataFrame) -> str:
     """Each published AUROC beside ours for the same score, family and pair (every variant of the score)."""
     lines = []
     for ref in PUBLISHED:
-        ours = summary[(summary["score"] == ref.score) & (summary["model"] == ref.family)
+        family = summary["model"] == ref.family if ref.family is not None else True  # None: every family of ours
+        ours = summary[(summary["score"] == ref.score) & family
                        & (summary["in_dataset"] == ref.in_dataset) & (summary["out_dataset"] == ref.out_dataset)]
         for row in ours.to_dict("records") or [None]:
             lines.append({
-                "score": ref.score, "family": ref.family, "pair": f"{ref.in_dataset}:{ref.out_dataset}",
+                "score": ref.score,
+                "family": ref.family or ("not stated" if row is None else f"not stated (ours: {row['model']})"),
+                "pair": f"{ref.in_dataset}:{ref.out_dataset}",
                 "published AUROC": f"{ref.auroc:.3f}", "source": ref.source,
                 "ours": "not run" if row is None else f"{row['auroc_mean']:.3f} ({row['short']}, {row['n_seeds']} seed(s))",
                 "our model": "" if row is None else (
@@ -225,6 +228,9 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, figures: dict[int, str]
         "fitted on the run's validation hold-out (training-distribution images it was not trained on).",
         "LID dual, LID dual (LIDL): Kamkari et al. (2024)'s dual threshold on the likelihood and the flow's local intrinsic",
         "dimension (the paper's count of singular values, or the LIDL rate), on the images given one (lid_fraction).",
+        "DiffPath-1D, DiffPath-6D: a diffusion model's DDIM path from the image to noise (Heng et al. 2024), a KDE on",
+        "the rate of change of its noise prediction or a Gaussian mixture on six path sums; MSMA: a Gaussian mixture on",
+        "the norms of the score at 10 noise levels (Mahmood et al. 2021). Diffusion models only; fitted on the hold-out.",
         "",
         *per_family,
         "## Every family, per score: AUROC per family and pair (mean over seeds)",

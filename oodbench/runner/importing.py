@@ -2,7 +2,8 @@
 `report` and `sweep` read like one oodbench trained (layout.py), so published-quality models get the
 same scores and analyses as the CPU-scale ones.
 
-Steps: read the files with weights_only=True (published/base.read_state); convert them into the
+Steps: read the files with weights_only=True (published/base.read_state; a source whose release is a
+folder of configs and weights, diffusers', reads it itself: JSON and safetensors); convert them into the
 family's parameters (the source's converter, which refuses layouts and settings oodbench does not model);
 build the family's model from them strictly; then write, atomically and under the run folder's lock:
     checkpoints/best.ckpt   the module's hyper-parameters and weights, as training writes them
@@ -61,7 +62,7 @@ def default_run_dir(source: Source, family: str, dataset: str) -> Path:
 
 def import_checkpoint(request: ImportRequest) -> ImportResult:
     source = SOURCES.get(request.source)
-    if len(request.files) != source.files:
+    if source.load is None and len(request.files) != source.files:
         raise OodbenchError(f"{source.name} takes {source.files} file(s) per model ({source.description}); "
                             f"got {len(request.files)}")
     ref = parse_dataset_ref(request.dataset)
@@ -69,7 +70,11 @@ def import_checkpoint(request: ImportRequest) -> ImportResult:
         raise OodbenchError(f"--dataset {request.dataset}: an imported model names the registered dataset it was "
                             "trained on (e.g. cifar10, fashionmnist), without prefixes or @split")
     spec = get_dataset(ref.base)
-    converted = source.convert([read_state(Path(f)) for f in request.files])
+    files = tuple(Path(f) for f in request.files)
+    if source.load is not None:  # a release of configs and weights, or its folder: the source reads it
+        converted, files = source.load(files)
+    else:
+        converted = source.convert([read_state(f) for f in files])
     model = converted.build()  # strict: a file whose shapes do not fit never becomes a run
     channels, size = converted.model_settings.get("in_channels"), converted.image_size
     if (channels, size, size) != spec.shape:
@@ -78,7 +83,7 @@ def import_checkpoint(request: ImportRequest) -> ImportResult:
     paths = RunPaths(Path(request.run_dir) if request.run_dir is not None
                      else default_run_dir(source, converted.family, spec.name))
     check_writable(paths.root, "--run-dir")
-    record = _record(request, source, converted, spec)
+    record = _record(request, source, converted, spec, files)
     with hold_run(paths, shared=False):
         if paths.config.is_file() and not request.overwrite:
             raise OodbenchError(f"{paths.root} already holds a run; pass --overwrite to replace it, or another --run-dir")
@@ -86,7 +91,7 @@ def import_checkpoint(request: ImportRequest) -> ImportResult:
     return ImportResult(paths=paths, record=record, n_params=sum(p.numel() for p in model.parameters()))
 
 
-def _record(request: ImportRequest, source: Source, converted: Converted, spec: Any) -> RunRecord:
+def _record(request: ImportRequest, source: Source, converted: Converted, spec: Any, files: tuple[Path, ...]) -> RunRecord:
     published = source.published.get(spec.name, {})
     reported = request.reported_bpd if request.reported_bpd is not None else published.get("bpd")
     image_shape = spec.shape
@@ -95,7 +100,7 @@ def _record(request: ImportRequest, source: Source, converted: Converted, spec: 
     data_shape = image_shape if converted.resize_small else spec.native_shape
     origin = {
         "source": source.name, "repository": source.repository,
-        "files": [{"name": Path(f).name, "sha256": file_digest(Path(f))} for f in request.files],
+        "files": [{"name": f.name, "sha256": file_digest(f)} for f in files],
         "reported_bpd": reported, "reported_how": published.get("how"),
         "architecture": converted.architecture,
         "trained_on": f"the whole {spec.name} training split ({spec.sizes.get('train')} images), outside oodbench",

@@ -53,7 +53,9 @@ STATISTICS_VERSION = 1  # part of every cache key: bump when what a model output
 CODECS = ("png", "jpeg2000")
 # The evaluation settings each optional statistic depends on (part of its cache key).
 STATISTIC_SETTINGS = {"regret": ("regret_steps", "regret_lr"), "gradients": (),  # gradients: models/gradients.py
-                      "lid": ("lid_fraction", "lid_delta")}  # lid: analysis/lid.py
+                      "lid": ("lid_fraction", "lid_delta"),  # lid: analysis/lid.py
+                      # a diffusion model's (models/diffusion/ood_statistics.py)
+                      "diffpath": ("diffpath_steps",), "msma": ("msma_levels",)}
 
 
 def cache_key(checkpoint_digest: str, images: ImageSet, noise_seed: int, bound: str,

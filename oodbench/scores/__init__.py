@@ -17,12 +17,15 @@ from oodbench.plugins import SCORES_GROUP
 from oodbench.registry import Registry
 from oodbench.scores.base import Score
 from oodbench.scores.complexity import InputComplexity
+from oodbench.scores.diffpath import VARIANTS as DIFFPATH_VARIANTS
+from oodbench.scores.diffpath import DiffPath
 from oodbench.scores.dose import DoSE
 from oodbench.scores.dual_threshold import ESTIMATORS, LIDDualThreshold
 from oodbench.scores.ensemble import WAIC, EnsembleLikelihood
 from oodbench.scores.gradients import FisherCombined, LayerGradients, ScoreStatistic
 from oodbench.scores.likelihood import Likelihood
 from oodbench.scores.likelihood_ratio import LikelihoodRatio
+from oodbench.scores.msma import MSMA
 from oodbench.scores.regret import LikelihoodRegret
 from oodbench.scores.typicality import BATCH_SIZES, Typicality
 from oodbench.units import bits_per_dim
@@ -40,6 +43,8 @@ SCORES.add("score_statistic", (ScoreStatistic("layer"), ScoreStatistic("identity
 SCORES.add("fisher_combined", (FisherCombined(),))
 SCORES.add("layer_gradients", (LayerGradients(),))
 SCORES.add("lid_dual_threshold", tuple(LIDDualThreshold(estimator) for estimator in ESTIMATORS))
+SCORES.add("diffpath", tuple(DiffPath(dims=dims) for dims in DIFFPATH_VARIANTS))
+SCORES.add("msma", (MSMA(),))
 
 
 def score_variants(names: tuple[str, ...] | None) -> list[Score]:

@@ -188,3 +188,23 @@ def test_the_roc_figure_draws_a_subsampled_score_on_the_images_it_scored():
     labels = [text.get_text() for text in roc_figure(frame, ROW).axes[0].get_legend().get_texts()]
     assert labels == ["BPD (AUROC 1.000)", "score_statistic (AUROC 0.750, n=2/2)"]
     plt.close("all")
+
+
+def test_published_numbers_sit_beside_ours_for_their_family_or_every_family_when_unstated(monkeypatch):
+    from oodbench.report import tables
+    from oodbench.report.published import Published
+
+    monkeypatch.setattr(tables, "PUBLISHED", (
+        Published("fisher_combined", None, "cifar10", "svhn", 0.87, "re-quoted, model not stated"),
+        Published("likelihood", "pixelcnn", "cifar10", "svhn", 0.1, "a table"),
+    ))
+    row = dict(score="fisher_combined", in_dataset="cifar10", out_dataset="svhn", short="score+typ", n_seeds=1,
+               n_params_mean=1e6, epochs_mean=2.0, n_train_mean=2000.0)
+    summary = pd.DataFrame([{**row, "model": "glow", "auroc_mean": 0.74}, {**row, "model": "vae", "auroc_mean": 0.68},
+                            {**row, "model": "glow", "score": "likelihood", "short": "BPD", "auroc_mean": 0.06}])
+    lines = tables.published_markdown(summary).splitlines()[2:]
+    assert len(lines) == 3
+    assert "not stated (ours: glow)" in lines[0] and "0.740 (score+typ, 1 seed(s))" in lines[0]
+    assert "not stated (ours: vae)" in lines[1] and "0.680" in lines[1]
+    # a stated family is matched to that family only: our Glow's likelihood is not a PixelCNN++'s
+    assert "pixelcnn" in lines[2] and "not run" in lines[2]

@@ -86,7 +86,7 @@ def test_repository_profiles_plan(staged_root):
         profile = load_profile(name, Path(__file__).resolve().parents[2] / "benchmarks.yaml")
         assert cells(profile)
         if name != "demo":  # the matrix: every family on every pair
-            assert set(profile.models) == {"glow", "cv-glow", "pixelcnn", "vae"}
+            assert set(profile.models) == {"glow", "cv-glow", "pixelcnn", "vae", "diffusion"}
             assert {c.model for c in cells(profile)} == set(profile.models)
 
 

@@ -139,12 +139,12 @@ def test_fitted_scores_must_be_fitted_first():
 def test_registry_variants_and_labels():
     assert SCORES.registered() == ["likelihood", "input_complexity", "typicality", "dose", "likelihood_ratio",
                                    "ensemble_likelihood", "waic", "likelihood_regret", "score_statistic",
-                                   "fisher_combined", "layer_gradients", "lid_dual_threshold"]
+                                   "fisher_combined", "layer_gradients", "lid_dual_threshold", "diffpath", "msma"]
     labels = [v.label for v in score_variants(None)]
     assert labels[:3] == ["likelihood", "input_complexity(codec=png)", "input_complexity(codec=jpeg2000)"]
     assert [v.batch for v in score_variants(("typicality",))] == [1, 2, 5, 10, 25]
     assert parse_scores("likelihood, dose") == ("likelihood", "dose") and parse_scores(None) is None
-    with pytest.raises(OodbenchError, match="unknown score 'regret'; valid names: dose, ensemble_likelihood, fisher_combined, input"):
+    with pytest.raises(OodbenchError, match="unknown score 'regret'; valid names: diffpath, dose, ensemble_likelihood, fisher_"):
         parse_scores("likelihood,regret")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from oodbench.data.quantize import index_noise
+from oodbench.data.quantize import index_noise, standard_normal
 from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.vae.bounds import (
@@ -36,15 +36,6 @@ DECODE_CHUNK_ELEMENTS = 2**27
 # the last-level cache between the convolution that writes them and the softmax that reads them (about
 # 1.8x faster for a 3x32x32 batch of 64 on 2 cores; see `make bench`). A GPU takes the whole chunk.
 CPU_HEAD_CHUNK_ELEMENTS = 2**22
-# index_noise is a multiple of 2**-24 in [0, 1); moving it half a step up puts it strictly inside (0, 1),
-# where ndtri is finite. In float64: in float32, 1 - 2**-24 + 2**-25 rounds to 1.0 and ndtri(1.0) = inf,
-# which made a sample's IWAE NaN about once in 2**24 draws (the quick sweep hit it).
-_HALF_STEP = 2.0**-25
-
-
-def standard_normal(uniform: torch.Tensor) -> torch.Tensor:
-    """Standard-normal draws (float32) from `index_noise`'s uniform values, finite for every one of them."""
-    return torch.special.ndtri(uniform.double() + _HALF_STEP).float()
 
 
 class VAE(LikelihoodModel):

@@ -1,0 +1,107 @@
+"""The variational bound of a continuous-time diffusion model on 8-bit images, as pure functions.
+
+Kingma et al. 2021 ("Variational Diffusion Models", eq. 11-17; google-research/vdm, model_vdm.py): with
+f = 2 (x + 1/2) / 256 - 1 the image's bin centres in [-1, 1] and z_t = alpha_t f + sigma_t eps,
+
+    -log P(x) <= KL(q(z_1|x) || N(0, I))                              prior
+                 + E_{t ~ U[0,1], eps} [ 1/2 gamma'(t) ||eps - eps_hat(z_t, t)||^2 ]   diffusion (T -> infinity)
+                 - E_{eps_0} [ log p(x | z_0) ]                        reconstruction
+
+where p(x|z_0) is, for each sub-pixel independently, the 256-way categorical with logits
+-1/2 exp(-gamma_0) (z_0 / alpha_0 - f_k)^2 over the levels' bin centres f_k: a probability of the 8-bit
+image, so the bound is in the same units as every other family's log_px (PAPER.md, "Units").
+
+The expectation over time is estimated with K stratified points per image, t_j = (u + j) / K with one
+uniform u: unbiased for any K, and with the variance of a stratified estimate, far below K independent
+points' for a smooth integrand. The diffusion term splits into equal time bands: band b is the points with
+t in [b / bands, (b + 1) / bands) (unbiased whatever K; K a multiple of `bands` gives every band K / bands
+points), and the bands sum to the diffusion term. Every part here is a log-probability contribution
+(nats, the negative of a loss term), so they sum to the bound on log P(x).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from oodbench.data.quantize import equal_bin_centres
+from oodbench.models.diffusion.config import DiffusionConfig
+from oodbench.models.diffusion.schedule import alpha_sigma_of_gamma, gamma, gamma_rate
+from oodbench.units import N_LEVELS
+
+# Decoder logits held at once (elements): the reconstruction term's 256 logits per sub-pixel go through in
+# chunks of images this size. 2**22 float32 (16 MiB) stays in a CPU's last-level cache; a GPU takes 2**27.
+CPU_DECODE_ELEMENTS = 2**22
+GPU_DECODE_ELEMENTS = 2**27
+
+
+def stratified_times(u: torch.Tensor, points: int) -> torch.Tensor:
+    """t_j = (u + j) / K for j < K: one time in each of K equal slices of [0, 1), from u [B] in [0, 1); (B, K)."""
+    return (u[:, None] + torch.arange(points, device=u.device, dtype=u.dtype)) / points
+
+
+def prior_log_prob(config: DiffusionConfig, f: torch.Tensor) -> torch.Tensor:
+    """-KL(q(z_1|x) || N(0, I)) per image [B], q(z_1|x) = N(alpha_1 f, sigma_1^2 I) (VDM's loss_klz)."""
+    var_1 = 1.0 / (1.0 + math.exp(-config.gamma_max))  # sigma_1^2 = sigmoid(gamma_1)
+    kl = 0.5 * ((1.0 - var_1) * f.square() + var_1 - math.log(var_1) - 1.0)
+    return -kl.flatten(1).sum(dim=1)
+
+
+def decoder_logits(config: DiffusionConfig, z0_rescaled: torch.Tensor) -> torch.Tensor:
+    """Logits (..., 256) of p(x|z_0) at each sub-pixel, from z_0 / alpha_0 (any shape): VDM's `EncDec.decode`,
+    -1/2 exp(-gamma_0) (z_0 / alpha_0 - f_k)^2 over the 256 bin centres f_k."""
+    levels = equal_bin_centres(torch.arange(N_LEVELS, device=z0_rescaled.device))
+    return -0.5 * math.exp(-config.gamma_min) * (z0_rescaled[..., None] - levels).square()
+
+
+def reconstruction_log_prob(config: DiffusionConfig, x: torch.Tensor, eps_0: torch.Tensor) -> torch.Tensor:
+    """log p(x | z_0) per image [B] with z_0 = alpha_0 f + sigma_0 eps_0, i.e. z_0 / alpha_0 = f + exp(gamma_0 / 2)
+    eps_0 (VDM's z_0_rescaled: no division by alpha_0 ~ 1, whose rounding would swamp sigma_0 ~ 1e-3)."""
+    f = equal_bin_centres(x)
+    z0_rescaled = f + math.exp(0.5 * config.gamma_min) * eps_0
+    per_image = N_LEVELS * x[0].numel()
+    budget = GPU_DECODE_ELEMENTS if x.device.type == "cuda" else CPU_DECODE_ELEMENTS
+    rows = max(1, budget // per_image)
+    return torch.cat([
+        -F.cross_entropy(decoder_logits(config, z).reshape(-1, N_LEVELS), target.reshape(-1).long(), reduction="none")
+        .view(target.shape[0], -1).sum(dim=1)
+        for z, target in zip(z0_rescaled.split(rows), x.split(rows), strict=True)
+    ])
+
+
+def diffusion_terms(config: DiffusionConfig, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    f: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The continuous-time diffusion loss at each time point, 1/2 gamma'(t) ||eps - eps_hat(z_t, t)||^2, (B, K),
+    for bin centres f (B, C, H, W), times t (B, K) and noise eps (B, K, C, H, W); one denoiser pass per point.
+    `eps_fn(z, t)` takes t [B] in [0, 1]."""
+    g = gamma(config, t.double())
+    alpha, sigma = (s.to(f.dtype) for s in alpha_sigma_of_gamma(g))
+    terms = []
+    for j in range(t.shape[1]):
+        z = alpha[:, j, None, None, None] * f + sigma[:, j, None, None, None] * eps[:, j]
+        terms.append((eps[:, j] - eps_fn(z, t[:, j])).square().flatten(1).sum(dim=1))
+    return 0.5 * gamma_rate(config) * torch.stack(terms, dim=1)
+
+
+def vdm_bound_parts(config: DiffusionConfig, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    x: torch.Tensor, t: torch.Tensor, gaussians: torch.Tensor, bands: int) -> dict[str, torch.Tensor]:
+    """{"log_px", "prior", "reconstruction", "diffusion", "band_0".."band_<bands-1>"}, each [B] in nats, for uint8
+    images x (B, C, H, W), time points t (B, K) in [0, 1) and standard-normal draws gaussians (B, K + 1, C, H, W):
+    gaussians[:, j] is time point j's noise, gaussians[:, K] the reconstruction's eps_0. The diffusion term is
+    the mean over the K points (see the module docstring); log_px = prior + reconstruction + diffusion."""
+    points = t.shape[1]
+    f = equal_bin_centres(x)
+    # 1. prior: the image's last latent against N(0, I)
+    prior = prior_log_prob(config, f)
+    # 2. reconstruction: the discrete decoder at t = 0
+    reconstruction = reconstruction_log_prob(config, x, gaussians[:, points])
+    # 3. diffusion: the K time points, each assigned to the band its t falls in
+    terms = diffusion_terms(config, eps_fn, f, t, gaussians[:, :points]) / points
+    band_of = (t * bands).floor().clamp(0, bands - 1).long()
+    parts = {f"band_{b}": -(terms * (band_of == b)).sum(dim=1) for b in range(bands)}
+    diffusion = -terms.sum(dim=1)
+    return {"log_px": prior + reconstruction + diffusion, "prior": prior, "reconstruction": reconstruction,
+            "diffusion": diffusion, **parts}
