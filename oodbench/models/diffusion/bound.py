@@ -43,11 +43,17 @@ def stratified_times(u: torch.Tensor, points: int) -> torch.Tensor:
     return (u[:, None] + torch.arange(points, device=u.device, dtype=u.dtype)) / points
 
 
-def prior_log_prob(config: DiffusionConfig, f: torch.Tensor) -> torch.Tensor:
-    """-KL(q(z_1|x) || N(0, I)) per image [B], q(z_1|x) = N(alpha_1 f, sigma_1^2 I) (VDM's loss_klz)."""
-    var_1 = 1.0 / (1.0 + math.exp(-config.gamma_max))  # sigma_1^2 = sigmoid(gamma_1)
-    kl = 0.5 * ((1.0 - var_1) * f.square() + var_1 - math.log(var_1) - 1.0)
+def gaussian_prior_log_prob(x: torch.Tensor, alpha_sq: float) -> torch.Tensor:
+    """-KL(N(alpha x, (1 - alpha^2) I) || N(0, I)) per image [B]: the prior term of a variance-preserving diffusion
+    whose last latent keeps alpha^2 = `alpha_sq` of the signal (VDM's loss_klz; DDPM's L_T, ddpm.py)."""
+    noise_var = 1.0 - alpha_sq
+    kl = 0.5 * (alpha_sq * x.square() + noise_var - math.log1p(-alpha_sq) - 1.0)
     return -kl.flatten(1).sum(dim=1)
+
+
+def prior_log_prob(config: DiffusionConfig, f: torch.Tensor) -> torch.Tensor:
+    """-KL(q(z_1|x) || N(0, I)) per image [B], q(z_1|x) = N(alpha_1 f, sigma_1^2 I), alpha_1^2 = sigmoid(-gamma_1)."""
+    return gaussian_prior_log_prob(f, 1.0 / (1.0 + math.exp(config.gamma_max)))
 
 
 def decoder_logits(config: DiffusionConfig, z0_rescaled: torch.Tensor) -> torch.Tensor:

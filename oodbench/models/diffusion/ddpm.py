@@ -47,6 +47,7 @@ from typing import Callable
 
 import torch
 
+from oodbench.models.diffusion.bound import gaussian_prior_log_prob
 from oodbench.models.pixelcnn.logistic_mixture import HALF_BIN, bin_centres
 from oodbench.units import N_LEVELS
 
@@ -154,12 +155,6 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     return torch.where(gap < 0, log_mass, log_density)
 
 
-def prior_kl(schedule: DDPMSchedule, x0: torch.Tensor) -> torch.Tensor:
-    """L_T = KL(N(sqrt(abar_T) x_0, (1 - abar_T) I) || N(0, I)) per image (nats), closed form."""
-    abar = schedule.alphas_cumprod[-1]
-    per_dim = 0.5 * (-1.0 - torch.log1p(-abar) + (1.0 - abar))  # float64 constant
-    n_dims = math.prod(x0.shape[1:])
-    return (0.5 * abar.item()) * x0.square().flatten(1).sum(dim=1) + per_dim.item() * n_dims
 
 
 def ddpm_bound_parts(eps_fn: EpsFn, betas: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
@@ -215,6 +210,6 @@ def ddpm_bound_parts(eps_fn: EpsFn, betas: torch.Tensor, x: torch.Tensor, t: tor
     log_scale = torch.full_like(mean, 0.5 * schedule.model_log_variance[0].item())
     reconstruction = discretized_gaussian_log_prob(x, mean, log_scale).flatten(1).sum(dim=1)
 
-    prior = -prior_kl(schedule, x0)
+    prior = gaussian_prior_log_prob(x0, schedule.alphas_cumprod[-1].item())  # -L_T, closed form
     return {"log_px": prior + diffusion + reconstruction, "prior": prior, "reconstruction": reconstruction,
             "diffusion": diffusion, **parts}
