@@ -48,6 +48,28 @@ def _sigmoid(value: float) -> float:
     return 1.0 / (1.0 + math.exp(-value))
 
 
+def reverse_step(z: torch.Tensor, eps_hat: torch.Tensor, g_t: float, g_s: float, *, clip: bool,
+                 large_variance: bool) -> tuple[torch.Tensor, float]:
+    """(mean, std) of the reverse step p(z_s | z_t) from gamma_t = log(sigma_t^2 / alpha_t^2) to gamma_s < gamma_t,
+    given the predicted noise eps_hat: the posterior q(z_s | z_t, x = x_hat) of VDM's `sample` (Kingma et al.
+    2021) in the posterior-mean form of Ho et al. 2020 (Eq. 7, 15) and diffusers' DDPMScheduler.step:
+        x_hat = (z_t - sigma_t eps_hat) / alpha_t, clipped to [-1, 1] when `clip` (their clip_denoised / clip_sample),
+        mean  = (alpha_s / alpha_t)(1 - c) z_t + alpha_s c x_hat,  c = -expm1(gamma_s - gamma_t),
+        var   = sigma_s^2 c (the posterior's, "fixed_small"), or with `large_variance` sigma_t^2 c
+                = 1 - alpha_t^2 / alpha_s^2 (the step's beta, Ho et al.'s "fixed_large"),
+    alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma). Unclipped, the mean is VDM's
+    alpha_s / alpha_t (z_t - sigma_t c eps_hat)."""
+    c = -math.expm1(g_s - g_t)
+    alpha_t, alpha_s = math.sqrt(_sigmoid(-g_t)), math.sqrt(_sigmoid(-g_s))
+    x_hat = (z - math.sqrt(_sigmoid(g_t)) * eps_hat) / alpha_t
+    if clip:
+        x_hat = x_hat.clamp(-1.0, 1.0)
+    mean = (alpha_s / alpha_t) * (1.0 - c) * z + alpha_s * c * x_hat
+    # 1 - alpha_t^2 / alpha_s^2 written as sigma_t^2 c: the same number without the cancellation at small steps
+    variance = _sigmoid(g_t if large_variance else g_s) * c
+    return mean, math.sqrt(variance)
+
+
 class Diffusion(LikelihoodModel):
     """A diffusion model on uint8 images (B, C, S, S) with diffusers' U-Net as its denoiser; see `DiffusionConfig`."""
 
@@ -203,8 +225,10 @@ class Diffusion(LikelihoodModel):
     def sample(self, n: int, *, device: torch.device | str | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n uint8 images by ancestral sampling in `sample_steps` steps from z_1 ~ N(0, I), each step drawing
-        z_s ~ p(z_s | z_t) = q(z_s | z_t, x = x_hat(z_t)) (VDM's `sample`; in discrete time DDPM's on an evenly
-        spaced subset of its steps, with the posterior's variance, diffusers' "fixed_small"),
+        z_s from p(z_s | z_t), `reverse_step`: VDM's `sample`, q(z_s | z_t, x = x_hat(z_t)) with the posterior's
+        variance; in discrete time DDPM's (Ho et al. 2020, diffusers' DDPMScheduler) on an evenly spaced subset of
+        its steps, with the configured `variance` ("fixed_large": the respaced step's beta; "fixed_small": the
+        posterior's) and x_hat clipped to [-1, 1] at every step when `clip_denoised`, as the bound has them;
         then the pixels: continuous time from the decoder p(x | z_0), discrete time as Ho et al., the last
         step's mean x_hat clipped to [-1, 1] and rounded. Gaussians are drawn on the CPU from `generator`."""
         cfg = self.config
@@ -219,16 +243,16 @@ class Diffusion(LikelihoodModel):
             times = (indices + 1).double() / cfg.timesteps
             alpha_bar = schedule.ddpm_alpha_bar(cfg)[indices]
             gammas = torch.log1p(-alpha_bar) - torch.log(alpha_bar)
+        # discrete time samples from the reverse process the bound scores (its variance and clipping); continuous
+        # time's is VDM's, which has neither setting
+        discrete = cfg.time == "discrete"
+        clip, large_variance = discrete and cfg.clip_denoised, discrete and cfg.variance == "fixed_large"
         z = torch.randn(shape, generator=generator).to(device)
         for i in range(len(times) - 1):
-            g_t, g_s = gammas[i].item(), gammas[i + 1].item()
             eps_hat = self.eps(z, torch.full((n,), times[i].item(), device=device))
-            # VDM's `sample`: z_s = alpha_s / alpha_t (z_t - sigma_t c eps_hat) + sigma_s sqrt(c) eps,
-            # c = -expm1(gamma_s - gamma_t), alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma)
-            c = -math.expm1(g_s - g_t)
-            alpha_ratio = math.sqrt(_sigmoid(-g_s) / _sigmoid(-g_t))
-            z = alpha_ratio * (z - math.sqrt(_sigmoid(g_t)) * c * eps_hat) \
-                + math.sqrt(_sigmoid(g_s) * c) * torch.randn(shape, generator=generator).to(device)
+            mean, std = reverse_step(z, eps_hat, gammas[i].item(), gammas[i + 1].item(), clip=clip,
+                                     large_variance=large_variance)
+            z = mean + std * torch.randn(shape, generator=generator).to(device)
         if cfg.time == "continuous":
             probs = torch.softmax(decoder_logits(cfg, z / math.sqrt(_sigmoid(-gammas[-1].item()))), dim=-1)  # (n, C, H, W, 256)
             flat = torch.multinomial(probs.reshape(-1, N_LEVELS).cpu(), 1, generator=generator)
