@@ -27,7 +27,7 @@ test-fast: install ## Tests without the end-to-end runs on real data
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install ## Speed and memory benchmark -> bench.json
-	$(PY) scripts/bench.py --out bench.json
+	$(PY) scripts/bench.py --precision 32-true,bf16-mixed --compile off,on --out bench.json
 
 gpu-check: ## On a GPU machine: tests, speed, a 3-minute paper-size Glow -> results/gpu_check/gpu_check.json (under 8 min)
 	scripts/gpu_check.sh results/gpu_check

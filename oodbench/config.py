@@ -116,6 +116,9 @@ class TrainConfig:
     strategy: str = "auto"
     # Training may use mixed precision; the likelihoods that pick the best checkpoint are float32 anyway.
     precision: str = one_of(TRAIN_PRECISIONS, "32-true")
+    # torch.compile the training objective (models/module.training_objective): fuses the elementwise work
+    # between the convolutions; the first steps pay the compilation (about a minute on 2 CPU cores).
+    compile: bool = False
     num_workers: int = at_least(0, 0)
     # Where Lightning logs training curves, besides the run's own logs/metrics.csv: "auto" is TensorBoard
     # when it is installed; the others need their package (runner/train.py says which).

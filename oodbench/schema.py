@@ -71,8 +71,10 @@ SCORE_PREFIX = "score:"
 
 # Training settings that say where and how fast a run trains, or what it logs, not what it learns: a
 # resumed run may change them, and runs that differ only in them are the same setup. (The likelihood
-# curve's scoring restores the random state, so `curve_every` leaves the weights as they were.)
-PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "logger", "curve_every")
+# curve's scoring restores the random state, so `curve_every` leaves the weights as they were; `compile`
+# fuses the same arithmetic, which moves only float rounding, as another device does.)
+PLACEMENT_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "logger", "curve_every",
+                  "compile")
 # Settings that bound how long a run trains; `train --resume` may extend them.
 BUDGET_KEYS = ("epochs", "max_minutes")
 

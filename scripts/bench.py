@@ -20,7 +20,13 @@ Add a family by registering a `BenchSpec` (a builder and an input maker) in `BEN
 is measured by the same `measure` function, on the CPU or a GPU alike.
 
     python scripts/bench.py --out bench.json [--device cuda] [--size paper] [--steps 10]
-                            [--families glow,cv-glow] [--precision bf16-mixed]
+                            [--families glow,cv-glow] [--precision 32-true,bf16-mixed] [--compile off,on]
+
+Training is measured at each (precision, compile) pair asked for (`train_variants`, each on a fresh model
+with the same seed and with its speed relative to the first; `train` is the first): `make bench` asks for
+fp32 and bf16-mixed, eager and compiled, the table of issue 23 and the README's speed section. A CPU
+without bf16 matrix units (AMX or AVX512-BF16) would emulate bf16, slower than fp32: in a list its rows
+are skipped and `skipped` says why; alone, `--precision bf16-mixed` is refused as `oodbench train` refuses it.
 
 On a GPU (`--device cuda`) each measurement also records the peak GPU memory of its timed steps
 (`cuda_peak_mib`: torch.cuda.max_memory_allocated: weights, gradients, Adam's moments, activations),
@@ -33,7 +39,7 @@ A roofline in the same run: the machine's fp32 and bf16 throughput on a matrix p
 a 3x3 convolution of Glow's hidden shape (batch 64, 128 -> 128 channels, 16x16), measured before and
 after the families (`roofline`: GFLOP/s of each, FLOPs counted by FlopCounterMode like the families');
 each family's `achieved_gflops` is also given as a fraction of the peaks of the dtype it ran in
-(`fraction_of_peak`): fp32, or for training with `--precision bf16-mixed` (bf16 autocast, as
+(`fraction_of_peak`): fp32, or for training under bf16-mixed (bf16 autocast, as
 `oodbench train --precision bf16-mixed` runs it) the bf16 peaks. Evaluation always runs in fp32.
 Peaks that moved between before and after (`roofline.drift`, after / before) mark a noisy run.
 
@@ -73,7 +79,7 @@ from oodbench.models.base import LikelihoodModel
 from oodbench.models.diffusion import Diffusion, DiffusionConfig
 from oodbench.models.families import build_model, model_config
 from oodbench.models.glow import Glow, GlowConfig
-from oodbench.models.module import float32_likelihood, make_optimizer
+from oodbench.models.module import float32_likelihood, make_optimizer, training_objective
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.vae import VAE, VAEConfig
 from oodbench.runner.lightning import check_precision, tune_glibc_malloc
@@ -282,50 +288,78 @@ def fraction_of_peak(achieved_gflops: float, peaks: dict, *, dtype: str = "fp32"
     return {name: achieved_gflops / peak["gflops"] for name, peak in peaks.items() if name.startswith(f"{dtype}_")}
 
 
-def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
-            eval_batches: list[int], seed: int = 0, precision: str = "32-true") -> dict:
-    """Training and evaluation throughput and peak memory of one family. `precision` is the training
-    step's (Lightning's names: "32-true", or "bf16-mixed" = bf16 autocast, as `oodbench train` runs it);
-    evaluation always runs in float32 with autocast off, as every reported likelihood is computed."""
-    if device.type == "cuda":  # the previous family's tensors are not this one's peak
+def measure_training(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, batch: int, seed: int = 0,
+                     precision: str = "32-true", compile: bool = False) -> tuple[dict, LikelihoodModel]:
+    """Training throughput of one family at one setting, on a freshly built model (the same seed, so every
+    setting starts from the same weights): forward of the training objective (the ELBO for a VAE), mean
+    bits/dim, backward, Adam step. `precision` is Lightning's name ("32-true", or "bf16-mixed" = bf16
+    autocast, as `oodbench train` runs it); `compile` puts the objective through torch.compile as
+    `oodbench train --compile` does (models/module.training_objective; the warm-up steps pay the compilation).
+    Returns the measurement and the trained-a-little model."""
+    if device.type == "cuda":  # the previous measurement's tensors are not this one's peak
         gc.collect()
         torch.cuda.empty_cache()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = spec.build().to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    x_train = spec.make_input(train_batch, device, generator)
+    x_train = spec.make_input(batch, device, generator)
     n_dims = math.prod(x_train.shape[1:])
     with torch.no_grad():
         model.training_log_prob(x_train)  # data-dependent initialisation (actnorm), as training does first
-
-    # Training: forward of the training objective (the ELBO for a VAE), mean bits/dim, backward, Adam step.
     model.train()
     optimizer = make_optimizer(model.parameters(), "adam", lr=LR, precision=precision)  # as `oodbench train` steps
+    objective = training_objective(model, compile=compile)
     losses = []
 
     def train_step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            loss = bits_per_dim(model.training_log_prob(x_train), n_dims).mean()
+            loss = bits_per_dim(objective(x_train), n_dims).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
 
     _reset_cuda_peak(device)
-    train = _rate(train_batch, _timed(train_step, device, steps=steps, warmup=warmup))
+    compile_start = time.perf_counter()
+    if compile:  # the first step compiles: timed on its own, not inside the warm-up's
+        train_step()
+    compile_seconds = time.perf_counter() - compile_start if compile else None
+    train = _rate(batch, _timed(train_step, device, steps=steps, warmup=warmup))
     train["cuda_peak_mib"] = _cuda_peak_mib(device)  # of the timed steps, before the FLOP count below
     train["precision"] = precision
+    train["compile"] = compile
+    train["first_step_with_compilation_s"] = compile_seconds
     train["final_loss_bpd"] = float(losses[-1])
     train["gflop_per_image"] = _gflop_per_image(model, x_train[:2], train=True)
     train["achieved_gflops"] = train["gflop_per_image"] * train["images_per_s"]
     train["max_rss_mib_so_far"] = _max_rss_mib()
     optimizer.state.clear()  # Adam's moments are not needed for evaluation
     model.zero_grad(set_to_none=True)
+    return train, model
+
+
+def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
+            eval_batches: list[int], seed: int = 0, precision: str = "32-true",
+            variants: list[tuple[str, bool]] | None = None) -> dict:
+    """Training throughput at each (precision, compile) of `variants` (default: `precision`, eager), and
+    evaluation throughput and peak memory, of one family. `train` is the first variant's measurement,
+    `train_variants` all of them, each with its speed relative to the first. Evaluation always runs in float32
+    with autocast off, as every reported likelihood is computed, on the first variant's model."""
+    variants = variants or [(precision, False)]
+    trains, model = [], None
+    for variant_precision, variant_compile in variants:
+        train, trained = measure_training(spec, device=device, steps=steps, warmup=warmup, batch=train_batch,
+                                          seed=seed, precision=variant_precision, compile=variant_compile)
+        train["speedup_vs_first"] = train["images_per_s"] / trains[0]["images_per_s"] if trains else 1.0
+        trains.append(train)
+        model = trained if model is None else model
+    n_params = sum(p.numel() for p in model.parameters())
+    generator = torch.Generator().manual_seed(seed + 1)
+    x_sample = spec.make_input(min(64, train_batch), device, generator)
 
     # Evaluation: per-sample log-likelihood only, no autograd graph.
     model.eval()
-    eval_gflop = _gflop_per_image(model, x_train[:2], train=False)
+    eval_gflop = _gflop_per_image(model, x_sample[:2], train=False)
     evaluation = {"gflop_per_image": eval_gflop}
     for mode, context in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
         rates = []
@@ -346,12 +380,13 @@ def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, t
                                                             "images_per_s": best["images_per_s"],
                                                             "cuda_peak_mib": best["cuda_peak_mib"]}}
     if device.type == "cuda":
-        evaluation["tf32"] = _tf32_deviation(model, x_train[:min(64, train_batch)])
+        evaluation["tf32"] = _tf32_deviation(model, x_sample)
     return {
         "description": spec.description,
         "config": spec.config,
         "parameters": n_params,
-        "train": train,
+        "train": trains[0],
+        "train_variants": trains,
         "eval": evaluation,
         "memory": {"max_rss_mib_so_far": _max_rss_mib(),
                    "note": "process peak resident set so far (torch libraries and earlier families included)"},
@@ -374,8 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--eval-batches", default="64,128,256", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="32-true",
-                        help="the training step's precision (evaluation is always float32)")
+    parser.add_argument("--precision", default="32-true",
+                        help="the training step's precisions, comma-separated: 32-true, bf16-mixed (evaluation is "
+                             "always float32). Alone, a bf16 this machine would emulate is refused; in a list, its "
+                             "rows are skipped and the JSON says why")
+    parser.add_argument("--compile", default="off",
+                        help="off, on, or off,on: train eagerly and/or through torch.compile (oodbench train --compile)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc settings alone (see tune_glibc_malloc)")
     args = parser.parse_args(argv)
@@ -391,10 +430,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    try:  # the test `oodbench train` makes: no emulated bf16
-        check_precision(CUDAAccelerator() if device.type == "cuda" else CPUAccelerator(), args.precision)
-    except OodbenchError as exc:
-        parser.error(str(exc))
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    compiles = [c.strip() for c in args.compile.split(",") if c.strip()]
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precision {args.precision!r}: expected a comma-separated list of {', '.join(PRECISIONS)}")
+    if not compiles or any(c not in ("off", "on") for c in compiles):
+        parser.error(f"--compile {args.compile!r}: expected off, on, or off,on")
+    skipped = {}
+    accelerator = CUDAAccelerator() if device.type == "cuda" else CPUAccelerator()
+    for precision in list(precisions):
+        try:  # the test `oodbench train` makes: no emulated bf16
+            check_precision(accelerator, precision)
+        except OodbenchError as exc:
+            if len(precisions) == 1:
+                parser.error(str(exc))
+            skipped[precision] = str(exc)
+            precisions.remove(precision)
+            print(f"skipping {precision}: {exc}", file=sys.stderr)
+    variants = [(precision, compile == "on") for precision in precisions for compile in compiles]
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
 
@@ -414,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "malloc": "glibc tuned (mmap threshold 32 MiB, no trim)" if malloc_tuned else "default",
-        "train_precision": args.precision,
+        "train_precision": precisions[0],
+        "train_variants": [{"precision": p, "compile": c} for p, c in variants],
+        "skipped": skipped,
         "steps": args.steps,
         "warmup": args.warmup,
         "optimizer": f"oodbench's make_optimizer('adam', lr={LR}) (fused Adam in fp32 where torch has the kernel)",
@@ -426,10 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in families:
         print(f"benchmarking {name} on {device} ...", file=sys.stderr, flush=True)
         results[name] = measure(specs[name], device=device, steps=args.steps, warmup=args.warmup,
-                                train_batch=args.train_batch, eval_batches=eval_batches, precision=args.precision)
-        train, evaluation = results[name]["train"], results[name]["eval"]["inference_mode"]
-        print(f"  train {train['images_per_s']:.1f} img/s at batch {train['batch_size']}; eval best "
-              f"{evaluation['best']['images_per_s']:.1f} img/s at batch {evaluation['best']['batch_size']}",
+                                train_batch=args.train_batch, eval_batches=eval_batches, variants=variants)
+        evaluation = results[name]["eval"]["inference_mode"]
+        for variant in results[name]["train_variants"]:
+            print(f"  train {variant['precision']}{' compiled' if variant['compile'] else ''}: "
+                  f"{variant['images_per_s']:.1f} img/s at batch {variant['batch_size']} "
+                  f"({variant['speedup_vs_first']:.2f}x the first)", file=sys.stderr)
+        print(f"  eval best {evaluation['best']['images_per_s']:.1f} img/s at batch {evaluation['best']['batch_size']}",
               file=sys.stderr)
         # What is measured so far, in case the run is stopped (a time limit) before the end.
         _write_json(args.out, {**header, "complete": False, "roofline": {"peaks_before": peaks_before},
@@ -438,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {name: {"gflops": max(peaks_before[name]["gflops"], peaks_after[name]["gflops"]),
                     "before": peaks_before[name], "after": peaks_after[name]} for name in peaks_before}
     for result in results.values():
-        result["train"]["fraction_of_peak"] = fraction_of_peak(result["train"]["achieved_gflops"], peaks,
-                                                               dtype=PRECISIONS[args.precision])
+        for variant in result["train_variants"]:  # `train` is the first of them: the same dict
+            variant["fraction_of_peak"] = fraction_of_peak(variant["achieved_gflops"], peaks,
+                                                           dtype=PRECISIONS[variant["precision"]])
         for mode in ("no_grad", "inference_mode"):
             for rate in result["eval"][mode]["by_batch_size"]:
                 rate["fraction_of_peak"] = fraction_of_peak(rate["achieved_gflops"], peaks)

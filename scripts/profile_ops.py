@@ -1,7 +1,7 @@
 """Where a family's training step spends its time, by operator kind (issue 23's profile).
 
     python scripts/profile_ops.py [--families glow,pixelcnn,vae] [--precision 32-true,bf16-mixed]
-                                  [--steps 5] [--batch 64] [--threads 2] [--out profile.json]
+                                  [--steps 5] [--batch 64] [--threads 2] [--compile] [--out profile.json]
 
 Each family of `make bench` (`scripts/bench.py`'s BENCHES, the same sizes and the same training step:
 forward of the training objective, mean bits/dim, backward, Adam) runs `--steps` steps under
@@ -12,6 +12,12 @@ elementwise and reductions (everything else a kernel does), and the optimizer. T
 table give each kind's share of the step and the top operators, so a change can be aimed at what the
 step actually does beyond the matrix units' work.
 
+The profiler costs time per operator call, so its step is longer than the real one (a Glow fp32 step:
+406 ms profiled, 275 ms not) and the many small elementwise calls look larger than they are; the
+unprofiled wall time of the same steps is printed beside it. glibc's malloc is tuned as `oodbench train`
+tunes it: untuned, freshly mapped pages are zeroed inside whichever operator touches them first, which
+made ReLU's backward look like a fifth of a Glow step.
+
 A machine without bf16 matrix units (lscpu: neither amx_bf16 nor avx512_bf16) would run bf16 emulated:
 its bf16 rows are skipped with that said, as `make bench` does.
 """
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BENCHES  # noqa: E402  (scripts/bench.py: the families at make bench's sizes)
 
 from oodbench.machine import cpu_model  # noqa: E402
-from oodbench.models.module import make_optimizer  # noqa: E402
+from oodbench.models.module import make_optimizer, training_objective  # noqa: E402
+from oodbench.runner.lightning import tune_glibc_malloc  # noqa: E402
 from oodbench.units import bits_per_dim  # noqa: E402
 
 # Operator name fragments -> kind; the first match wins, so the specific kinds come first.
@@ -63,7 +72,7 @@ def bf16_matrix_units() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def profile_step(family: str, precision: str, *, steps: int, batch: int) -> dict:
+def profile_step(family: str, precision: str, *, steps: int, batch: int, compile: bool = False) -> dict:
     spec = BENCHES[family]
     torch.manual_seed(0)
     model = spec.build()
@@ -73,16 +82,22 @@ def profile_step(family: str, precision: str, *, steps: int, batch: int) -> dict
         model.training_log_prob(x)  # data-dependent initialisation, as training does first
     model.train()
     optimizer = make_optimizer(model.parameters(), "adam", lr=1e-3, precision=precision)
+    objective = training_objective(model, compile=compile)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            loss = bits_per_dim(model.training_log_prob(x), dims).mean()
+            loss = bits_per_dim(objective(x), dims).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     for _ in range(2):
         step()
+    wall = []
+    for _ in range(steps):  # unprofiled: the profiler's own cost per operator call inflates its step
+        start = time.perf_counter()
+        step()
+        wall.append(time.perf_counter() - start)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
@@ -93,8 +108,9 @@ def profile_step(family: str, precision: str, *, steps: int, batch: int) -> dict
         by_kind[kind_of(event.key)] += event.self_cpu_time_total
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     return {
-        "family": family, "precision": precision, "batch": batch, "steps": steps,
+        "family": family, "precision": precision, "compile": compile, "batch": batch, "steps": steps,
         "ms_per_step": total / steps / 1e3,
+        "wall_ms_per_step_unprofiled": statistics.median(wall) * 1e3,
         "share_by_kind": {kind: round(us / total, 4) for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "top_operators": [{"op": e.key, "kind": kind_of(e.key), "share": round(e.self_cpu_time_total / total, 4),
                            "calls_per_step": e.count / steps} for e in top],
@@ -108,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="the objective through torch.compile (train --compile)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
@@ -122,14 +139,16 @@ def main(argv: list[str] | None = None) -> int:
               "emulated, so its rows are skipped", file=sys.stderr)
         precisions.remove("bf16-mixed")
     torch.set_num_threads(args.threads)
+    tune_glibc_malloc()  # as `oodbench train` and `make bench` run: untuned, page faults pose as elementwise work
     results = []
     for family in families:
         for precision in precisions:
             print(f"profiling {family} {precision} ...", file=sys.stderr, flush=True)
-            result = profile_step(family, precision, steps=args.steps, batch=args.batch)
+            result = profile_step(family, precision, steps=args.steps, batch=args.batch, compile=args.compile)
             results.append(result)
             shares = ", ".join(f"{kind} {share:.0%}" for kind, share in result["share_by_kind"].items())
-            print(f"{family:10s} {precision:10s} {result['ms_per_step']:8.1f} ms/step  {shares}")
+            print(f"{family:10s} {precision:10s} {result['ms_per_step']:8.1f} ms/step profiled "
+                  f"({result['wall_ms_per_step_unprofiled']:.1f} unprofiled)  {shares}")
     report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

@@ -139,8 +139,7 @@ def test_a_run_stopped_midway_keeps_the_families_measured(bench, tmp_path, monke
         calls.append(spec.description)
         if len(calls) == 2:
             raise KeyboardInterrupt  # as a time limit's signal would stop it
-        return {"train": {"images_per_s": 1.0, "batch_size": 2}, "eval": {"inference_mode": {
-            "best": {"images_per_s": 2.0, "batch_size": 2}}}}
+        return _fake_measurement(kwargs["variants"])
 
     monkeypatch.setattr(bench, "measure", measure)
     monkeypatch.setattr(bench, "roofline", lambda device, steps, warmup: {})
@@ -149,6 +148,35 @@ def test_a_run_stopped_midway_keeps_the_families_measured(bench, tmp_path, monke
         bench.main(["--families", "glow,cv-glow", "--steps", "1", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["complete"] is False and list(report["families"]) == ["glow"]
+
+
+def _fake_measurement(variants):
+    trains = [{"images_per_s": 1.0, "batch_size": 2, "precision": p, "compile": c, "speedup_vs_first": 1.0,
+               "achieved_gflops": 1.0} for p, c in variants]
+    return {"train": trains[0], "train_variants": trains,
+            "eval": {"inference_mode": {"best": {"images_per_s": 2.0, "batch_size": 2}, "by_batch_size": []},
+                     "no_grad": {"by_batch_size": []}}}
+
+
+def test_bf16_rows_in_a_list_are_skipped_with_the_reason_where_bf16_would_be_emulated(bench, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """`make bench` asks for fp32 and bf16, eager and compiled: on a CPU without bf16 matrix units the bf16 rows
+    are left out and the output and the JSON say why, instead of timing an emulated bf16."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    asked = []
+    monkeypatch.setattr(bench, "measure", lambda spec, **kwargs: asked.append(kwargs["variants"])
+                        or _fake_measurement(kwargs["variants"]))
+    peak = {"gflops": 2.0}
+    monkeypatch.setattr(bench, "roofline", lambda device, steps, warmup: {"fp32_matmul": peak, "bf16_matmul": peak})
+    out = tmp_path / "bench.json"
+    assert bench.main(["--families", "glow", "--precision", "32-true,bf16-mixed", "--compile", "off,on",
+                       "--out", str(out)]) == 0
+    assert asked == [[("32-true", False), ("32-true", True)]]
+    report = json.loads(out.read_text())
+    assert list(report["skipped"]) == ["bf16-mixed"] and "no native bf16" in report["skipped"]["bf16-mixed"]
+    assert "skipping bf16-mixed" in capsys.readouterr().err
+    assert [v["fraction_of_peak"] for v in report["families"]["glow"]["train_variants"]] == [{"fp32_matmul": 0.5}] * 2
 
 
 def test_an_unknown_family_at_a_size_lists_that_sizes_families(bench, capsys):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -68,6 +68,23 @@ def make_optimizer(parameters: Iterable[torch.nn.Parameter], name: str, *, lr: f
     return OPTIMIZERS[name](parameters, lr=lr, weight_decay=weight_decay)
 
 
+def training_objective(model: torch.nn.Module, *, compile: bool = False) -> Callable[..., torch.Tensor]:
+    """The model's `training_log_prob`, or (`compile`) that method through torch.compile, which fuses the
+    elementwise work between the convolutions (actnorm, the coupling's scale and shift, the log-determinants,
+    casts under bf16 autocast) into a few generated kernels: on a 2-core Xeon with AMX it took a Glow
+    bf16-mixed step from 182 to 137 ms (issue 23; README's speed section). The compiled function shares the
+    model's parameters and its state_dict keys, so checkpoints do not change; a first call compiles (about
+    a minute on 2 CPU cores), and the batch shape stays fixed (the training loader drops its last partial
+    batch), so it compiles once. Only training uses it: the likelihoods that are reported are computed by
+    the model's own float32 code."""
+    if not compile:
+        return model.training_log_prob
+    # fallback_random: the dequantization noise, dropout and latent draws come from torch's own generator,
+    # as in eager mode (inductor would otherwise draw its own Philox numbers), so a compiled run takes the
+    # same steps as an eager one and a resumed run replays them whichever way each part ran.
+    return torch.compile(model.training_log_prob, options={"fallback_random": True})
+
+
 class LikelihoodModule(pl.LightningModule):
     """Wraps a `LikelihoodModel` for training (mean bits/dim) and per-sample scoring.
 
@@ -88,6 +105,13 @@ class LikelihoodModule(pl.LightningModule):
         self.bpd_dims = bpd_dims
         self.statistic = "likelihood"  # what predict_step computes (statistics.py sets it)
         self.statistic_settings: dict[str, float] = {}
+        self._objective: Callable[..., torch.Tensor] | None = None  # built on the first training step
+
+    @property
+    def objective(self) -> Callable[..., torch.Tensor]:
+        if self._objective is None:
+            self._objective = training_objective(self.model, compile=self.train_config.compile)
+        return self._objective
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model.log_prob_parts(x, noise)
@@ -111,7 +135,7 @@ class LikelihoodModule(pl.LightningModule):
             # A background model (Ren et al. 2019): drawn from the batch's seeded generator (above), so
             # afresh each epoch and replayed exactly on resume.
             x = perturb(x, self.train_config.background)
-        loss = self._mean_bpd(self.model.training_log_prob(x), x)
+        loss = self._mean_bpd(self.objective(x), x)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged at epoch {self.current_epoch}, step {self.global_step} (loss {loss.item()}); "
