@@ -1,7 +1,8 @@
 """Where a family's training step spends its time, by operator kind (issue 23's profile).
 
     python scripts/profile_ops.py [--families glow,pixelcnn,vae] [--precision 32-true,bf16-mixed]
-                                  [--steps 5] [--batch 64] [--threads 2] [--compile] [--out profile.json]
+                                  [--steps 5] [--batch 64] [--threads 2] [--compile] [--convolutions]
+                                  [--out profile.json]
 
 Each family of `make bench` (`scripts/bench.py`'s BENCHES, the same sizes and the same training step:
 forward of the training objective, mean bits/dim, backward, Adam) runs `--steps` steps under
@@ -14,7 +15,11 @@ step actually does beyond the matrix units' work.
 
 The profiler costs time per operator call, so its step is longer than the real one (a Glow fp32 step:
 406 ms profiled, 275 ms not) and the many small elementwise calls look larger than they are; the
-unprofiled wall time of the same steps is printed beside it. glibc's malloc is tuned as `oodbench train`
+unprofiled wall time of the same steps is printed beside it.
+
+`--convolutions` times each family's training-step convolutions alone (recorded from one pass, replayed
+forward and backward, channels-last) in fp32 and in bf16: what bf16 does for the matrix units' share of
+the step, the part the rest of the step's work is to be weighed against. glibc's malloc is tuned as `oodbench train`
 tunes it: untuned, freshly mapped pages are zeroed inside whichever operator touches them first, which
 made ReLU's backward look like a fifth of a Glow step.
 
@@ -29,11 +34,12 @@ import json
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BENCHES  # noqa: E402  (scripts/bench.py: the families at make bench's sizes)
@@ -70,6 +76,67 @@ def bf16_matrix_units() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class _ConvolutionRecorder(TorchDispatchMode):
+    """Counts the forward convolutions a pass makes, by their full signature (shapes, stride, padding...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            x, weight, bias, *rest = args
+            self.calls[(tuple(x.shape), tuple(weight.shape), bias is not None,
+                        *(tuple(a) if isinstance(a, (list, tuple)) else a for a in rest))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _convolution_ms(signature: tuple, dtype: torch.dtype, *, repeats: int) -> float:
+    """Median ms of one convolution's forward and backward (input, weight and bias gradients) alone, in
+    `dtype`, channels-last (oneDNN's own layout), on random data."""
+    x_shape, w_shape, has_bias, stride, padding, dilation, transposed, output_padding, groups = signature
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(w_shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    leaves = [x.requires_grad_(), w.requires_grad_()]
+    bias = torch.zeros(w_shape[1] * groups if transposed else w_shape[0], dtype=dtype, requires_grad=True)
+    leaves += [bias] if has_bias else []
+
+    def run() -> None:
+        out = torch.ops.aten.convolution(x, w, bias if has_bias else None, stride, padding, dilation, transposed,
+                                         output_padding, groups)
+        torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    run()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds) * 1e3
+
+
+def convolution_ceiling(family: str, *, batch: int, repeats: int = 5) -> dict:
+    """The family's training-step convolutions timed alone, forward and backward, in fp32 and in bf16: the
+    step's matrix work without anything around it. Their fp32 / bf16 ratio is the speed-up bf16 brings to the
+    work the matrix units do; a whole step gains less as far as its other work does not shrink with bf16."""
+    spec = BENCHES[family]
+    torch.manual_seed(0)
+    model = spec.build()
+    x = spec.make_input(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.training_log_prob(x)  # initialisation first, as training does
+    recorder = _ConvolutionRecorder()
+    with recorder:
+        model.training_log_prob(x)
+    times = {name: sum(count * _convolution_ms(signature, dtype, repeats=repeats)
+                       for signature, count in recorder.calls.items())
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    return {"family": family, "batch": batch, "convolutions_per_step": sum(recorder.calls.values()),
+            "distinct_convolutions": len(recorder.calls), "fp32_ms": times["fp32"], "bf16_ms": times["bf16"],
+            "fp32_over_bf16": times["fp32"] / times["bf16"]}
 
 
 def profile_step(family: str, precision: str, *, steps: int, batch: int, compile: bool = False) -> dict:
@@ -125,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="the objective through torch.compile (train --compile)")
+    parser.add_argument("--convolutions", action="store_true",
+                        help="also time each family's convolutions alone in fp32 and bf16 (convolution_ceiling)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
@@ -149,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             shares = ", ".join(f"{kind} {share:.0%}" for kind, share in result["share_by_kind"].items())
             print(f"{family:10s} {precision:10s} {result['ms_per_step']:8.1f} ms/step profiled "
                   f"({result['wall_ms_per_step_unprofiled']:.1f} unprofiled)  {shares}")
-    report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results}
+    ceilings = []
+    if args.convolutions and bf16_matrix_units():
+        for family in families:
+            ceiling = convolution_ceiling(family, batch=args.batch)
+            ceilings.append(ceiling)
+            print(f"{family:10s} convolutions alone: {ceiling['fp32_ms']:.1f} ms fp32, {ceiling['bf16_ms']:.1f} ms bf16 "
+                  f"({ceiling['fp32_over_bf16']:.2f}x) over {ceiling['convolutions_per_step']} convolutions")
+    report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results,
+              "convolutions_alone": ceilings}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return 0

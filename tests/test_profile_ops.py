@@ -49,3 +49,24 @@ def test_bad_arguments_exit_2_with_one_line():
     run = subprocess.run([sys.executable, str(SCRIPTS / "profile_ops.py"), "--families", "nosuch"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "unknown families ['nosuch']" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_convolution_recorder_counts_each_signature_and_replays_it(profile_ops):
+    """`--convolutions` replays the step's convolutions alone: each call is counted under its full signature
+    (a transposed one and a strided one are not the 3x3 one), and each replays forward and backward."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 4, 8, 8)
+    w3, w1, wt = torch.randn(6, 4, 3, 3), torch.randn(6, 4, 1, 1), torch.randn(4, 5, 4, 4)
+    recorder = profile_ops._ConvolutionRecorder()
+    with recorder:
+        for _ in range(3):
+            F.conv2d(x, w3, padding=1)
+        F.conv2d(x, w1, torch.zeros(6), stride=2)
+        F.conv_transpose2d(x, wt, stride=2, padding=1)
+    calls = {(sig[1], sig[3], sig[6]): count for sig, count in recorder.calls.items()}  # weight, stride, transposed
+    assert calls == {((6, 4, 3, 3), (1, 1), False): 3, ((6, 4, 1, 1), (2, 2), False): 1,
+                     ((4, 5, 4, 4), (2, 2), True): 1}
+    for signature in recorder.calls:
+        assert profile_ops._convolution_ms(signature, torch.float32, repeats=1) > 0
