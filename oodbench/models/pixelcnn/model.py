@@ -133,13 +133,26 @@ class PixelCNN(LikelihoodModel):
         # 4. output
         return self.nin_out(F.elu(ul))
 
+    def _float32_params(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's mixture parameters, widened to float32 at least for the likelihood that follows, which then
+        runs with autocast off. Under bf16-mixed training the network's output is bf16; a discretised
+        logistic mixture computed in bf16 (bin edges 2/255 apart, sigmoid differences, log-sum-exp over
+        mixtures) trained a quick PixelCNN++ on CIFAR-10 to 6.27 bits/dim after 72 steps where float32 got
+        5.94 (README's speed section)."""
+        params = self.mixture_params(x)
+        return params.to(torch.promote_types(params.dtype, torch.float32))  # a float64 model stays float64
+
     def subpixel_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x_c at pixel i | earlier pixels, earlier channels of pixel i) in nats: (B, C, H, W)."""
-        return logistic_mixture.subpixel_log_probs(x, self.mixture_params(x))
+        params = self._float32_params(x)
+        with torch.autocast(params.device.type, enabled=False):
+            return logistic_mixture.subpixel_log_probs(x, params)
 
     def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"log_px": exact log P(x) in nats, [B]}; `noise` is ignored (the likelihood is discrete)."""
-        pixel_log_probs = logistic_mixture.pixel_log_probs(x, self.mixture_params(x))
+        params = self._float32_params(x)
+        with torch.autocast(params.device.type, enabled=False):
+            pixel_log_probs = logistic_mixture.pixel_log_probs(x, params)
         return {"log_px": pixel_log_probs.sum(dim=(1, 2))}
 
     @torch.no_grad()
