@@ -93,6 +93,10 @@ class Score(abc.ABC):
 
     def score(self, stats: pd.DataFrame) -> np.ndarray:
         values = np.asarray(self._score(stats), dtype=np.float64)
-        if values.ndim != 1 or not np.all(np.isfinite(values)):
-            raise ValueError(f"{self.label} gave {'non-finite' if values.ndim == 1 else 'non-vector'} scores")
+        if values.ndim != 1:
+            raise ValueError(f"{self.label} gave non-vector scores")
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:  # an AUROC, a threshold or a KDE of them would be meaningless: the score is left out, saying why
+            raise ValueError(f"{self.label} gave {bad} NaN or infinite scores of {len(values)} in one set "
+                             "(a statistic it reads overflowed or is undefined there)")
         return values

@@ -134,3 +134,19 @@ def test_a_flat_sets_in_test_images_are_neither_trained_nor_validated_on(tmp_pat
     assert len(index["in_val"]) == 60 and len(index["in_train"]) == 180  # 300 images: a fifth, a fifth, the rest
     assert len(index["in_test"]) == 50 and not index["in_test"] & (index["in_val"] | index["in_train"])
     assert len(index["in_train"] | index["in_val"] | index["in_test"]) == 290
+
+
+def test_a_score_with_infinite_values_is_skipped_with_the_reason_and_the_others_computed():
+    """An overflowing statistic (here one out-of-distribution image's gradient norm is inf) makes a score's
+    values non-finite: that score is left out with the count in its reason, not passed to the AUROC; the
+    scores that do not read the statistic are computed as before."""
+    from oodbench.scores.gradients import GRADIENT_NORM, ScoreStatistic
+
+    frames = {name: frame.assign(**{GRADIENT_NORM: np.arange(len(frame), dtype=float) + 1.0})
+              for name, frame in FRAMES.items()}
+    frames["out_test"].loc[2, GRADIENT_NORM] = np.inf
+    gradient_norm = ScoreStatistic(fisher="identity")
+    rows, per_sample, skipped = score_rows(frames, {}, [Likelihood(), gradient_norm], family="glow", fit_set="in_val")
+    assert _row(rows, "likelihood")["auroc"] == pytest.approx(LIKELIHOOD_AUROC)
+    assert [row["score"] for row in rows] == ["likelihood"]
+    assert skipped[gradient_norm.label].startswith(f"{gradient_norm.label} gave 1 NaN or infinite scores of 4 in one set")
