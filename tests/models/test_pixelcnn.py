@@ -428,10 +428,11 @@ def test_bad_settings_are_refused_by_name(settings, named):
         PixelCNNConfig(**settings)
 
 
-def test_under_bf16_autocast_the_mixture_likelihood_runs_in_float32(monkeypatch):
-    """bf16-mixed training: the network may run in bf16, but the discretised logistic mixture (bin edges 2/255
-    apart, differences of sigmoids) is computed on float32 parameters with autocast off, in training and in
-    the per-subpixel conditionals alike; a bf16 mixture cost a quick CIFAR-10 model 0.33 bits/dim."""
+def test_under_bf16_autocast_the_output_layer_and_the_mixture_run_in_float32(monkeypatch):
+    """bf16-mixed training: the network's blocks may run in bf16, but its output layer (bf16 would round a
+    mixture mean to half a bin) and the discretised logistic mixture (bin edges 2/255 apart, differences of
+    sigmoids) run in float32 with autocast off, in training and in the per-subpixel conditionals alike. In
+    bf16 they cost a quick CIFAR-10 model 0.33 bits/dim after 72 steps."""
     model = _tiny(3)
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     seen = []
@@ -443,11 +444,20 @@ def test_under_bf16_autocast_the_mixture_likelihood_runs_in_float32(monkeypatch)
             return real(x, params)
 
         monkeypatch.setattr(lm, name, recording)
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, out) -> None:  # returns None: the output stays the layer's own
+            dtypes.setdefault(name, (inputs[0].dtype, out.dtype))
+        return hook
+
+    model.up_u[0][0].register_forward_hook(record("block"))
+    model.nin_out.register_forward_hook(record("output"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model.mixture_params(x).dtype == torch.bfloat16  # the network does run in bf16 here
         log_px = model.training_log_prob(x)
         subpixels = model.subpixel_log_probs(x)
+    assert dtypes["block"][1] == torch.bfloat16 and dtypes["output"] == (torch.float32, torch.float32)
     assert seen == [(torch.float32, False), (torch.float32, False)]
     assert log_px.dtype == subpixels.dtype == torch.float32
     with torch.no_grad():
-        torch.testing.assert_close(log_px, model.log_prob(x), rtol=0.02, atol=0)  # bf16 network, float32 mixture
+        torch.testing.assert_close(log_px, model.log_prob(x), rtol=0.01, atol=0)  # bf16 blocks only
