@@ -320,10 +320,11 @@ def measure_training(spec: BenchSpec, *, device: torch.device, steps: int, warmu
         losses.append(loss.detach())
 
     _reset_cuda_peak(device)
-    compile_start = time.perf_counter()
+    compile_seconds = None
     if compile:  # the first step compiles: timed on its own, not inside the warm-up's
+        start = time.perf_counter()
         train_step()
-    compile_seconds = time.perf_counter() - compile_start if compile else None
+        compile_seconds = time.perf_counter() - start
     train = _rate(batch, _timed(train_step, device, steps=steps, warmup=warmup))
     train["cuda_peak_mib"] = _cuda_peak_mib(device)  # of the timed steps, before the FLOP count below
     train["precision"] = precision
@@ -339,13 +340,12 @@ def measure_training(spec: BenchSpec, *, device: torch.device, steps: int, warmu
 
 
 def measure(spec: BenchSpec, *, device: torch.device, steps: int, warmup: int, train_batch: int,
-            eval_batches: list[int], seed: int = 0, precision: str = "32-true",
-            variants: list[tuple[str, bool]] | None = None) -> dict:
-    """Training throughput at each (precision, compile) of `variants` (default: `precision`, eager), and
-    evaluation throughput and peak memory, of one family. `train` is the first variant's measurement,
-    `train_variants` all of them, each with its speed relative to the first. Evaluation always runs in float32
-    with autocast off, as every reported likelihood is computed, on the first variant's model."""
-    variants = variants or [(precision, False)]
+            eval_batches: list[int], seed: int = 0,
+            variants: tuple[tuple[str, bool], ...] = (("32-true", False),)) -> dict:
+    """Training throughput at each (precision, compile) of `variants`, and evaluation throughput and peak
+    memory, of one family. `train` is the first variant's measurement, `train_variants` all of them, each with
+    its speed relative to the first. Evaluation always runs in float32 with autocast off, as every reported
+    likelihood is computed, on the first variant's model."""
     trains, model = [], None
     for variant_precision, variant_compile in variants:
         train, trained = measure_training(spec, device=device, steps=steps, warmup=warmup, batch=train_batch,
@@ -430,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    compiles = [c.strip() for c in args.compile.split(",") if c.strip()]
+    precisions = list(dict.fromkeys(p.strip() for p in args.precision.split(",") if p.strip()))
+    compiles = list(dict.fromkeys(c.strip() for c in args.compile.split(",") if c.strip()))
     if not precisions or any(p not in PRECISIONS for p in precisions):
         parser.error(f"--precision {args.precision!r}: expected a comma-separated list of {', '.join(PRECISIONS)}")
     if not compiles or any(c not in ("off", "on") for c in compiles):

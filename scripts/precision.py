@@ -1,11 +1,14 @@
 """fp32 against bf16-mixed training on the staged data: images/s and the final validation bits/dim after
-the same steps (issue "Speed where it still lags", part 2). Every validation bits/dim is computed in
+the same steps (issue 23's "within 0.02 bits/dim of fp32"). Every validation bits/dim is computed in
 float32 whatever the training precision (models/module.py), so the two columns compare like with like.
 
-    .venv/bin/python scripts/precision.py --data-root ../shared/data --out precision.json
+    .venv/bin/python scripts/precision.py --data-root ../shared/data [--families glow,vae,pixelcnn,diffusion]
+                                          [--epochs glow=6,vae=6,pixelcnn=4,diffusion=6] [--compile]
+                                          [--out precision.json]
 
-Each (family, precision) trains a fresh run with `oodbench train` (same seed, data, steps), in turn, in
-this process; nothing else should run on the machine meanwhile.
+Each (family, precision) trains a fresh run with `oodbench train` on CIFAR-10 at the `quick` profile's size
+and training settings (benchmarks.yaml: its model, its limit_train, seed 0), in turn, in this process;
+nothing else should run on the machine meanwhile. `--compile` trains both through torch.compile.
 """
 
 from __future__ import annotations
@@ -18,26 +21,24 @@ from pathlib import Path
 
 import torch
 
-from oodbench.config import TrainConfig
+from oodbench.config import DEFAULT_BENCHMARKS, load_profile, resolve
 from oodbench.runner.train import TrainRequest, train
 
-# The quick profile's sizes (benchmarks.yaml), on CIFAR-10's staged training images.
-FAMILIES = {
-    "glow": ({"levels": 3, "steps": 4, "hidden_channels": 64}, 2000),
-    "pixelcnn": ({"nr_resnet": 1, "nr_filters": 32, "nr_logistic_mix": 5}, 640),
-}
 PRECISIONS = ("32-true", "bf16-mixed")
+# Epochs per family: a few hundred steps where a step is fast, fewer for PixelCNN++ (README's speed section).
+EPOCHS = {"glow": 6, "cv-glow": 6, "vae": 6, "pixelcnn": 4, "diffusion": 6}
 
 
-def measure(family: str, precision: str, *, data_root: str, epochs: int, folder: Path) -> dict:
-    settings, images = FAMILIES[family]
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, warmup_steps=50, val_size=200, limit_train=images,
-                      precision=precision, seed=0, logger="none", accelerator="cpu")
+def measure(family: str, precision: str, *, data_root: str, epochs: int, folder: Path, compile: bool = False) -> dict:
+    profile = load_profile("quick", DEFAULT_BENCHMARKS)
+    cfg = resolve(profile.train_for(family), dict(epochs=epochs, precision=precision, compile=compile, seed=0,
+                                                  logger="none", accelerator="cpu"))
     start = time.perf_counter()
     result = train(TrainRequest(model=family, dataset="cifar10", run_dir=folder / f"{family}-{precision}", train=cfg,
-                                model_settings=settings, data_root=data_root, quiet=True))
+                                model_settings=dict(profile.models.get(family, {})), data_root=data_root, quiet=True))
     wall = time.perf_counter() - start
-    return {"family": family, "precision": precision, "steps": result.steps, "train_seconds": round(result.seconds, 1),
+    return {"family": family, "precision": precision, "compile": compile, "steps": result.steps,
+            "train_seconds": round(result.seconds, 1),
             "images_per_s": round(result.steps * cfg.batch_size / result.seconds, 1), "wall_seconds": round(wall, 1),
             "val_bpd": round(result.val_bpd, 4)}
 
@@ -45,18 +46,28 @@ def measure(family: str, precision: str, *, data_root: str, epochs: int, folder:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--epochs", default="", help="FAMILY=N,... over the defaults " + str(EPOCHS))
+    parser.add_argument("--families", default="glow,vae,pixelcnn,diffusion")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile (train --compile)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="precision.json")
     args = parser.parse_args()
+    epochs = dict(EPOCHS)
+    for item in filter(None, args.epochs.split(",")):
+        family, _, count = item.partition("=")
+        if family not in EPOCHS or not count.isdigit():
+            parser.error(f"--epochs {item!r}: expected FAMILY=N with FAMILY one of {', '.join(EPOCHS)}")
+        epochs[family] = int(count)
+    families = [f for f in args.families.split(",") if f]
+    if any(f not in EPOCHS for f in families):
+        parser.error(f"--families {args.families!r}: valid: {', '.join(EPOCHS)}")
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for family in args.families.split(","):
+        for family in families:
             for precision in PRECISIONS:
-                rows.append(measure(family, precision, data_root=args.data_root, epochs=args.epochs,
-                                    folder=Path(scratch)))
+                rows.append(measure(family, precision, data_root=args.data_root, epochs=epochs[family],
+                                    folder=Path(scratch), compile=args.compile))
                 print(json.dumps(rows[-1]), flush=True)
     for family in {row["family"] for row in rows}:
         fp32, bf16 = (next(r for r in rows if r["family"] == family and r["precision"] == p) for p in PRECISIONS)

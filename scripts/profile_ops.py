@@ -13,15 +13,14 @@ elementwise and reductions (everything else a kernel does), and the optimizer. T
 table give each kind's share of the step and the top operators, so a change can be aimed at what the
 step actually does beyond the matrix units' work.
 
-The profiler costs time per operator call, so its step is longer than the real one (a Glow fp32 step:
-406 ms profiled, 275 ms not) and the many small elementwise calls look larger than they are; the
-unprofiled wall time of the same steps is printed beside it.
+glibc's malloc is tuned as `oodbench train` tunes it: untuned, freshly mapped pages are zeroed inside
+whichever operator touches them first, which made ReLU's backward look like a fifth of a Glow step (a
+406 ms profiled step; tuned, 264 ms). The unprofiled wall time of the same steps is printed beside the
+profiled one, as a check that the profiler's own cost per call does not distort the shares.
 
 `--convolutions` times each family's training-step convolutions alone (recorded from one pass, replayed
 forward and backward, channels-last) in fp32 and in bf16: what bf16 does for the matrix units' share of
-the step, the part the rest of the step's work is to be weighed against. glibc's malloc is tuned as `oodbench train`
-tunes it: untuned, freshly mapped pages are zeroed inside whichever operator touches them first, which
-made ReLU's backward look like a fifth of a Glow step.
+the step, the part the rest of the step's work is to be weighed against.
 
 A machine without bf16 matrix units (lscpu: neither amx_bf16 nor avx512_bf16) would run bf16 emulated:
 its bf16 rows are skipped with that said, as `make bench` does.

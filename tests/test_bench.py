@@ -61,7 +61,7 @@ def test_bf16_mixed_trains_under_autocast_and_scores_in_float32(bench):
     spec = bench.BenchSpec(description="probe", build=lambda: Probe(config), make_input=bench._images(1, 4),
                            config={})
     result = bench.measure(spec, device=torch.device("cpu"), steps=2, warmup=0, train_batch=2, eval_batches=[2],
-                           precision="bf16-mixed")
+                           variants=(("bf16-mixed", False),))
     assert result["train"]["precision"] == "bf16-mixed"
     # the timed training steps ran under autocast (the untimed init and FLOP count need not)...
     assert sum(on for kind, on in seen if kind == "train") == 2

@@ -155,8 +155,6 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     return torch.where(gap < 0, log_mass, log_density)
 
 
-
-
 def ddpm_bound_parts(eps_fn: EpsFn, betas: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
                      gaussians: torch.Tensor, bands: int, *, variance: str = DEFAULT_VARIANCE,
                      clip_denoised: bool = True) -> dict[str, torch.Tensor]:

@@ -19,6 +19,8 @@ convolutions), and ul, which sees the rows above and the pixels to the left (dow
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,18 +140,20 @@ class PixelCNN(LikelihoodModel):
         with torch.autocast(features.device.type, enabled=False):
             return self.nin_out(features.to(torch.promote_types(features.dtype, self.nin_out.bias.dtype)))
 
+    def _mixture(self, log_probs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """`log_probs(x, params)` of the mixture at the network's parameters, in float32 with autocast off
+        (see mixture_params)."""
+        params = self.mixture_params(x)
+        with torch.autocast(params.device.type, enabled=False):
+            return log_probs(x, params)
+
     def subpixel_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x_c at pixel i | earlier pixels, earlier channels of pixel i) in nats: (B, C, H, W)."""
-        params = self.mixture_params(x)
-        with torch.autocast(params.device.type, enabled=False):  # the mixture in float32: see mixture_params
-            return logistic_mixture.subpixel_log_probs(x, params)
+        return self._mixture(logistic_mixture.subpixel_log_probs, x)
 
     def log_prob_parts(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"log_px": exact log P(x) in nats, [B]}; `noise` is ignored (the likelihood is discrete)."""
-        params = self.mixture_params(x)
-        with torch.autocast(params.device.type, enabled=False):  # the mixture in float32: see mixture_params
-            pixel_log_probs = logistic_mixture.pixel_log_probs(x, params)
-        return {"log_px": pixel_log_probs.sum(dim=(1, 2))}
+        return {"log_px": self._mixture(logistic_mixture.pixel_log_probs, x).sum(dim=(1, 2))}
 
     @torch.no_grad()
     def sample(self, n: int, *, image_size: tuple[int, int], device: torch.device | str | None = None,
