@@ -18,7 +18,7 @@ from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
 from oodbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 from oodbench.models.pixelcnn import logistic_mixture as lm
-from oodbench.models.pixelcnn.layers import concat_elu, gate
+from oodbench.models.pixelcnn.layers import concat_elu, gate, keep_mask
 from oodbench.scores import bits_per_dim
 
 F64 = torch.float64
@@ -367,6 +367,25 @@ def test_fused_concat_elu_matches_autograd_and_its_gradient():
     assert torch.autograd.gradcheck(dropped, (x,))
     kept = dropped(x)[:, :, 1:, 1:] != 0
     assert 0.3 < kept.double().mean().item() < 0.7
+
+
+@pytest.mark.parametrize("dropout", [0.5, 0.25, 0.75, 0.0625, 0.1, 0.3])  # 1, 2, 2, 4 and 16 bits per element
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, F64])
+def test_dropout_keep_mask_drops_at_its_rate_independently_and_channels_last(dropout, dtype):
+    shape = torch.Size((4, 16, 32, 32))
+    torch.manual_seed(3)
+    mask = keep_mask(shape, dropout, dtype, torch.device("cpu"))
+    torch.manual_seed(3)
+    assert torch.equal(mask, keep_mask(shape, dropout, dtype, torch.device("cpu")))  # torch's generator
+    assert mask.dtype == dtype and mask.shape == shape and mask.is_contiguous(memory_format=torch.channels_last)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    flat = 1.0 - mask.permute(0, 2, 3, 1).reshape(-1).double()  # dropped = 1, in memory order
+    n = flat.numel()
+    assert abs(flat.mean().item() - dropout) < 5 * math.sqrt(dropout * (1 - dropout) / n)
+    centred = flat - dropout
+    for lag in (1, 2, 3, 4, 7, 8, 16):  # fields cut from one byte or one word must not move together
+        correlation = (centred[lag:] * centred[:-lag]).mean() / (dropout * (1 - dropout))
+        assert abs(correlation.item()) < 5 / math.sqrt(n), lag
 
 
 def test_fused_gate_matches_autograd_and_its_gradient():
