@@ -153,6 +153,24 @@ def test_categorical_decoder_matches_a_hand_computed_log_softmax():
     assert torch.allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels, size", [(1, 8), (3, 16)])
+def test_the_heads_four_phases_are_its_transposed_convolution_and_so_are_their_gradients(channels, size):
+    model = _tiny(channels, image_size=size).double()
+    features = torch.randn(2, model.decoder.head.in_channels, size // 2, size // 2, dtype=F64)
+    full = model.decoder.logits(features)  # torch's conv_transpose2d: the reference
+    projection = torch.randn(full.shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    want = torch.autograd.grad((full * projection).sum(), (model.decoder.head.weight, model.decoder.head.bias))
+    seen, phased = set(), 0.0
+    for a, b, logits in model.decoder.phase_logits(features):
+        torch.testing.assert_close(logits, full[:, a::2, b::2], rtol=0, atol=1e-12)
+        phased = phased + (logits * projection[:, a::2, b::2]).sum()
+        seen.add((a, b))
+    assert seen == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    got = torch.autograd.grad(phased, (model.decoder.head.weight, model.decoder.head.bias))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
 def test_iwae_is_at_least_the_elbo_of_the_same_draws_and_k1_is_the_elbo():
     model = _tiny()
     x = _images(4)
@@ -186,7 +204,8 @@ def test_scores_do_not_depend_on_the_batch_or_the_decode_chunk(monkeypatch):
         alone = torch.cat([model.log_prob_parts(x[i:i + 1], model.eval_noise(x[i:i + 1], index[i:i + 1], seed=0))["log_px"]
                            for i in range(6)])
         monkeypatch.setattr("oodbench.models.vae.model.DECODE_CHUNK_ELEMENTS", 256 * 3 * 64 * 7)  # 7 decodes a chunk
-        monkeypatch.setattr("oodbench.models.vae.model.CPU_HEAD_CHUNK_ELEMENTS", 256 * 3 * 64 * 2)  # heads 2 at a time
+        # heads 2 at a time: a head phase holds a quarter of an 8x8 image's 256 * 3 * 64 logits
+        monkeypatch.setattr("oodbench.models.vae.model.CPU_HEAD_CHUNK_ELEMENTS", 256 * 3 * 16 * 2)
         chunked = model.log_prob_parts(x, model.eval_noise(x, index, seed=0))["log_px"]
     assert torch.allclose(together, alone, atol=1e-3)
     assert torch.allclose(together, chunked, atol=1e-3)

@@ -32,9 +32,11 @@ from oodbench.models.vae.networks import N_LEVELS, Decoder, Encoder
 # Decoder logits held at once while scoring (elements): 2**27 float32 = 512 MiB, about 170 decodes of a
 # 3x32x32 image. Scoring k samples of a batch decodes B*k latents; they go through in chunks this size.
 DECODE_CHUNK_ELEMENTS = 2**27
-# On a CPU the decoder's head and the log-softmax run a few images at a time: 16 MiB of logits stay in
-# the last-level cache between the convolution that writes them and the softmax that reads them (about
-# 1.8x faster for a 3x32x32 batch of 64 on 2 cores; see `make bench`). A GPU takes the whole chunk.
+# On a CPU the decoder's head and the log-softmax run a few images at a time, one of the head's four
+# output phases at a time: 16 MiB of logits stay in the last-level cache between the convolution that
+# writes them and the softmax that reads them. At 2**21, 2**22, 2**23 and 2**24 elements, make bench's
+# VAE trained at 230, 241, 243 and 161 img/s in fp32 and scored at 814, 782, 666 and 582 img/s (2-core
+# Xeon, issue 23). A GPU takes the whole chunk.
 CPU_HEAD_CHUNK_ELEMENTS = 2**22
 
 
@@ -73,15 +75,20 @@ class VAE(LikelihoodModel):
     def reconstruction_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) in nats, [N], for images x (N, C, S, S) and latents z (N, latent_dim)."""
         features = self.decoder.features(z)
-        per_image = N_LEVELS * x[0].numel()
+        per_image = N_LEVELS * x[0].numel() // 4  # the logits of one of the head's four phases
         budget = DECODE_CHUNK_ELEMENTS if x.device.type == "cuda" else CPU_HEAD_CHUNK_ELEMENTS
         rows = max(1, budget // per_image)
         targets = x.permute(0, 2, 3, 1).long()  # (N, S, S, C), the logits' layout
-        return torch.cat([
-            -F.cross_entropy(self.decoder.logits(f).reshape(-1, N_LEVELS), t.reshape(-1), reduction="none")
-            .view(t.shape[0], -1).sum(dim=1)
-            for f, t in zip(features.split(rows), targets.split(rows), strict=True)
-        ])
+        return torch.cat([self._phase_log_prob(f, t) for f, t in zip(features.split(rows), targets.split(rows),
+                                                                      strict=True)])
+
+    def _phase_log_prob(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) [N] summed over the decoder head's four output phases (`Decoder.phase_logits`)."""
+        return -sum(
+            F.cross_entropy(logits.reshape(-1, N_LEVELS), targets[:, a::2, b::2].reshape(-1), reduction="none")
+            .view(targets.shape[0], -1).sum(dim=1)
+            for a, b, logits in self.decoder.phase_logits(features)
+        )
 
     def _elbo(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Single-sample reparameterised ELBO with z = mean + std * eps and the KL in closed form."""
