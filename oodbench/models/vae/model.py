@@ -14,7 +14,6 @@ k samples), the statistics DoSE and the other scores read. The k latent draws of
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from oodbench.data.quantize import index_noise, standard_normal
 from oodbench.errors import OodbenchError
@@ -26,6 +25,7 @@ from oodbench.models.vae.bounds import (
     kl_to_standard_normal,
     standard_normal_log_density,
 )
+from oodbench.models.vae.categorical import categorical_log_prob
 from oodbench.models.vae.config import VAEConfig
 from oodbench.models.vae.networks import N_LEVELS, Decoder, Encoder
 
@@ -84,8 +84,8 @@ class VAE(LikelihoodModel):
 
     def _phase_log_prob(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log p(x|z) [N] summed over the decoder head's four output phases (`Decoder.phase_logits`)."""
-        return -sum(
-            F.cross_entropy(logits.reshape(-1, N_LEVELS), targets[:, a::2, b::2].reshape(-1), reduction="none")
+        return sum(
+            categorical_log_prob(logits.reshape(-1, N_LEVELS), targets[:, a::2, b::2].reshape(-1))
             .view(targets.shape[0], -1).sum(dim=1)
             for a, b, logits in self.decoder.phase_logits(features)
         )
