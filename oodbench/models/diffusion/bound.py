@@ -25,9 +25,9 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from oodbench.data.quantize import equal_bin_centres
+from oodbench.models.categorical import categorical_log_prob
 from oodbench.models.diffusion.config import DiffusionConfig
 from oodbench.models.diffusion.schedule import alpha_sigma_of_gamma, gamma, gamma_rate
 from oodbench.units import N_LEVELS
@@ -89,8 +89,8 @@ def decoder_log_prob(config: DiffusionConfig, z0_rescaled: torch.Tensor, x: torc
     rounding at a 50th of the work, which in full was a quarter of a CPU training step."""
     window = decoder_window(config)
     if window is None:
-        return -F.cross_entropy(decoder_logits(config, z0_rescaled).reshape(-1, N_LEVELS), x.reshape(-1).long(),
-                                reduction="none").view(x.shape)
+        return categorical_log_prob(decoder_logits(config, z0_rescaled).reshape(-1, N_LEVELS),
+                                    x.reshape(-1).long()).view(x.shape)
     precision = math.exp(-config.gamma_min)
     nearest = ((z0_rescaled + 1.0) * (N_LEVELS / 2.0)).floor().clamp(0, N_LEVELS - 1)
     levels = nearest[..., None] + torch.arange(-window, window + 1, device=x.device, dtype=nearest.dtype)

@@ -25,7 +25,7 @@ from oodbench.models.vae.bounds import (
     kl_to_standard_normal,
     standard_normal_log_density,
 )
-from oodbench.models.vae.categorical import categorical_log_prob
+from oodbench.models.categorical import categorical_log_prob
 from oodbench.models.vae.config import VAEConfig
 from oodbench.models.vae.networks import N_LEVELS, Decoder, Encoder
 

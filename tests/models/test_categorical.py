@@ -1,4 +1,4 @@
-"""The VAE's categorical log-likelihood (`models/vae/categorical.py`) against autograd's
+"""The categorical log-likelihood of the VAE's and the diffusion model's decoders (`models/categorical.py`) against autograd's
 log-softmax in float64: values and gradients, float32 out of bf16 logits, under autocast, and the
 gradient at a near-certain target that a bf16 `1 - p_t` would round to zero."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from oodbench.models.vae.categorical import categorical_log_prob
+from oodbench.models.categorical import categorical_log_prob
 
 F64 = torch.float64
 

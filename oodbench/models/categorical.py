@@ -1,5 +1,6 @@
-"""The VAE decoder's 256-way categorical log-likelihood, log softmax(logits)[target], in float32 whatever
-the logits' dtype, with a backward that needs no float32 copy of the logits (issue 23).
+"""A K-way categorical log-likelihood, log softmax(logits)[target], in float32 whatever the logits'
+dtype, with a backward that needs no float32 copy of the logits (issue 23). The VAE's 256-way decoder
+and the diffusion model's discrete decoder (when its window spans every level) score sub-pixels with it.
 
 autograd's own path, `cross_entropy(logits.float(), target)`, keeps a float32 log-softmax of every
 logit for its backward, zero-fills a float32 gradient for the picked entries, runs the log-softmax
