@@ -4,11 +4,13 @@ float32 whatever the training precision (models/module.py), so the two columns c
 
     .venv/bin/python scripts/precision.py --data-root ../shared/data [--families glow,vae,pixelcnn,diffusion]
                                           [--epochs glow=6,vae=6,pixelcnn=4,diffusion=6] [--compile]
-                                          [--out precision.json]
+                                          [--seeds 0,1,2] [--out precision.json]
 
 Each (family, precision) trains a fresh run with `oodbench train` on CIFAR-10 at the `quick` profile's size
-and training settings (benchmarks.yaml: its model, its limit_train, seed 0), in turn, in this process;
-nothing else should run on the machine meanwhile. `--compile` trains both through torch.compile.
+and training settings (benchmarks.yaml: its model, its limit_train), seed 0 or each of `--seeds`, in turn, in
+this process; nothing else should run on the machine meanwhile. `--compile` trains both through
+torch.compile. Several seeds say how far the final bits/dim moves from seed to seed, the scale on which a
+bf16 - fp32 difference means something.
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ PRECISIONS = ("32-true", "bf16-mixed")
 EPOCHS = {"glow": 6, "cv-glow": 6, "vae": 6, "pixelcnn": 4, "diffusion": 6}
 
 
-def measure(family: str, precision: str, *, data_root: str, epochs: int, folder: Path, compile: bool = False) -> dict:
+def measure(family: str, precision: str, *, data_root: str, epochs: int, folder: Path, compile: bool = False,
+            seed: int = 0) -> dict:
     profile = load_profile("quick", DEFAULT_BENCHMARKS)
-    cfg = resolve(profile.train_for(family), dict(epochs=epochs, precision=precision, compile=compile, seed=0,
+    cfg = resolve(profile.train_for(family), dict(epochs=epochs, precision=precision, compile=compile, seed=seed,
                                                   logger="none", accelerator="cpu"))
     start = time.perf_counter()
-    result = train(TrainRequest(model=family, dataset="cifar10", run_dir=folder / f"{family}-{precision}", train=cfg,
+    result = train(TrainRequest(model=family, dataset="cifar10", run_dir=folder / f"{family}-{precision}-{seed}", train=cfg,
                                 model_settings=dict(profile.models.get(family, {})), data_root=data_root, quiet=True))
     wall = time.perf_counter() - start
-    return {"family": family, "precision": precision, "compile": compile, "steps": result.steps,
+    return {"family": family, "precision": precision, "compile": compile, "seed": seed, "steps": result.steps,
             "train_seconds": round(result.seconds, 1),
             "images_per_s": round(result.steps * cfg.batch_size / result.seconds, 1), "wall_seconds": round(wall, 1),
             "val_bpd": round(result.val_bpd, 4)}
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--epochs", default="", help="FAMILY=N,... over the defaults " + str(EPOCHS))
     parser.add_argument("--families", default="glow,vae,pixelcnn,diffusion")
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (train --compile)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, each trained in both precisions")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="precision.json")
     args = parser.parse_args()
@@ -61,19 +65,25 @@ def main() -> None:
     families = [f for f in args.families.split(",") if f]
     if any(f not in EPOCHS for f in families):
         parser.error(f"--families {args.families!r}: valid: {', '.join(EPOCHS)}")
+    if not all(s.isdigit() for s in args.seeds.split(",")):
+        parser.error(f"--seeds {args.seeds!r}: expected non-negative integers separated by commas")
+    seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for family in families:
-            for precision in PRECISIONS:
-                rows.append(measure(family, precision, data_root=args.data_root, epochs=epochs[family],
-                                    folder=Path(scratch), compile=args.compile))
-                print(json.dumps(rows[-1]), flush=True)
-    for family in {row["family"] for row in rows}:
-        fp32, bf16 = (next(r for r in rows if r["family"] == family and r["precision"] == p) for p in PRECISIONS)
-        print(f"{family}: bf16-mixed {bf16['images_per_s'] / fp32['images_per_s']:.2f}x the fp32 images/s; "
-              f"validation bits/dim {bf16['val_bpd']:.4f} vs {fp32['val_bpd']:.4f} "
-              f"({bf16['val_bpd'] - fp32['val_bpd']:+.4f}) after {fp32['steps']} steps")
+            for seed in seeds:
+                for precision in PRECISIONS:
+                    rows.append(measure(family, precision, data_root=args.data_root, epochs=epochs[family],
+                                        folder=Path(scratch), compile=args.compile, seed=seed))
+                    print(json.dumps(rows[-1]), flush=True)
+    for family in families:
+        for seed in seeds:
+            fp32, bf16 = (next(r for r in rows if (r["family"], r["seed"], r["precision"]) == (family, seed, p))
+                          for p in PRECISIONS)
+            print(f"{family} seed {seed}: bf16-mixed {bf16['images_per_s'] / fp32['images_per_s']:.2f}x the fp32 "
+                  f"images/s; validation bits/dim {bf16['val_bpd']:.4f} vs {fp32['val_bpd']:.4f} "
+                  f"({bf16['val_bpd'] - fp32['val_bpd']:+.4f}) after {fp32['steps']} steps")
     Path(args.out).write_text(json.dumps({"cpu_threads": args.threads, "rows": rows}, indent=2) + "\n")
 
 
