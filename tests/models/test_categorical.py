@@ -65,3 +65,13 @@ def test_the_gradient_at_a_near_certain_target_keeps_its_small_size():
     at_target = got_grad[torch.arange(4), targets].double()
     torch.testing.assert_close(at_target, want_grad[torch.arange(4), targets], rtol=2**-7, atol=0)
     assert (at_target > 1e-3).all()
+
+
+def test_strided_logits_give_the_same_values_and_gradients():
+    logits, targets, weights = _case(rows=50, levels=7)
+    strided = logits.t().contiguous().t().requires_grad_()  # (M, K) with column-major strides
+    want, want_grad = _reference(logits, targets, weights)
+    got = categorical_log_prob(strided, targets)
+    (got_grad,) = torch.autograd.grad(got, strided, weights)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)
