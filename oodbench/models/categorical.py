@@ -11,8 +11,8 @@ dtype) and the picked log-probabilities, and the backward is the textbook gradie
     d log p_t / d logits = onehot(t) - softmax(logits)
 
 as one softmax in the logits' dtype (CPU and CUDA kernels accumulate in float32 for bf16), one scaling
-and one write at the targets. The entry at the target, g * (1 - p_t), comes from the float32 log p_t by expm1, so
-it does not cancel when p_t is near 1.
+and one write at the targets. The entry at the target, g * (1 - p_t), comes from the float32 log p_t by
+expm1, so it does not cancel when p_t is near 1. Differentiable once (no Hessians through it).
 """
 
 from __future__ import annotations

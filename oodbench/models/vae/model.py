@@ -18,6 +18,7 @@ import torch
 from oodbench.data.quantize import index_noise, standard_normal
 from oodbench.errors import OodbenchError
 from oodbench.models.base import LikelihoodModel
+from oodbench.models.categorical import categorical_log_prob
 from oodbench.models.vae.bounds import (
     elbo_estimate,
     gaussian_log_density,
@@ -25,7 +26,6 @@ from oodbench.models.vae.bounds import (
     kl_to_standard_normal,
     standard_normal_log_density,
 )
-from oodbench.models.categorical import categorical_log_prob
 from oodbench.models.vae.config import VAEConfig
 from oodbench.models.vae.networks import N_LEVELS, Decoder, Encoder
 
