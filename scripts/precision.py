@@ -67,7 +67,7 @@ def main() -> None:
         parser.error(f"--families {args.families!r}: valid: {', '.join(EPOCHS)}")
     if not all(s.isdigit() for s in args.seeds.split(",")):
         parser.error(f"--seeds {args.seeds!r}: expected non-negative integers separated by commas")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))  # a repeated seed would reuse its run folder
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,6 +1,7 @@
-"""The categorical log-likelihood of the VAE's and the diffusion model's decoders (`models/categorical.py`) against autograd's
-log-softmax in float64: values and gradients, float32 out of bf16 logits, under autocast, and the
-gradient at a near-certain target that a bf16 `1 - p_t` would round to zero."""
+"""The categorical log-likelihood of the VAE's and the diffusion model's decoders
+(`models/categorical.py`) against autograd's log-softmax in float64: values and gradients, float32 out
+of bf16 logits, under autocast, the gradient at a near-certain target that a bf16 `1 - p_t` would round
+to zero, and strided logits."""
 
 from __future__ import annotations
 
